@@ -1,0 +1,1 @@
+"""Data path: the embedded synthetic world, the nuScenes dataparser, the datamanager."""

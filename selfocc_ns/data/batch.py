@@ -1,0 +1,94 @@
+"""The batch the datamanager yields and the model consumes (DESIGN.md section 3).
+
+All poses are expressed in the reference ego frame of the input keyframe t (x forward, y left, z up,
+metres); cameras are OpenCV (x right, y down, z forward). Intrinsics always refer to the pixel grid
+of the image tensor they travel with (crop and scale already applied).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, List, Optional
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+
+@dataclass
+class NovelViews:
+    """Other frames of the input keyframe's neighbour lists, for novel-depth evaluation (eval only)."""
+
+    intrinsics: Float[Tensor, "V N 3 3"]
+    """Of the lattice-resolution crop the depth is rendered on, per frame V and camera N."""
+    cam2ego: Float[Tensor, "V N 4 4"]
+    lidar_points: List[Float[Tensor, "P 3"]]
+    """Each frame's LiDAR points, in the reference ego frame of t."""
+    distance_m: Float[Tensor, "V"]
+    """Distance between the CAM_FRONT centres of that frame and of t."""
+    image_hw: tuple = (0, 0)
+    """(H, W) of the crop the intrinsics refer to."""
+
+
+@dataclass
+class SelfOccBatch:
+    """One batch of B input keyframes (B = 1 per device is the normal case).
+
+    Training fills the anchor/source fields; evaluation fills `lidar_points`, `occ_*` and
+    `novel`. `to(device)` moves every tensor.
+    """
+
+    images: Float[Tensor, "B N 3 h w"]
+    """Input keyframe t, cropped then scaled by `scale_rate` for the network, in [0, 1]."""
+    intrinsics: Float[Tensor, "B N 3 3"]
+    """Of `images` (crop and scale applied)."""
+    cam2ego: Float[Tensor, "B N 4 4"]
+    """Input cameras in the reference ego frame of t."""
+
+    anchor_images: Float[Tensor, "B N 3 H W"]
+    """The anchor frame's images (unscaled crop): rays, RGB and reprojection targets."""
+    anchor_intrinsics: Float[Tensor, "B N 3 3"]
+    anchor_cam2ego: Float[Tensor, "B N 4 4"]
+
+    source_images: Optional[Float[Tensor, "B 2 N 3 H W"]] = None
+    """Per camera the previous (0) and next (1) source frame of the anchor (unscaled crop)."""
+    source_intrinsics: Optional[Float[Tensor, "B 2 N 3 3"]] = None
+    source_cam2ego: Optional[Float[Tensor, "B 2 N 4 4"]] = None
+
+    semantics: Optional[Int[Tensor, "B N H W"]] = None
+    """2D labels of the anchor images (Occ3D ids 0..16, 17 sky, 255 ignore)."""
+
+    lidar_points: Optional[List[Float[Tensor, "P 3"]]] = None
+    """Per batch item, LiDAR points of t in the reference ego frame of t (eval)."""
+    occ_semantics: Optional[Int[Tensor, "B 200 200 16"]] = None
+    occ_mask_camera: Optional[Int[Tensor, "B 200 200 16"]] = None
+    novel: Optional[List[NovelViews]] = None
+
+    anchor_is_current: Optional[Tensor] = None
+    """(B,) bool: the anchor is the input keyframe itself."""
+    scene_names: List[str] = field(default_factory=list)
+    sample_tokens: List[str] = field(default_factory=list)
+    info: Dict[str, Any] = field(default_factory=dict)
+    """Free-form bookkeeping (frame indices, timings)."""
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_cameras(self) -> int:
+        return int(self.images.shape[1])
+
+    def to(self, device: torch.device | str) -> "SelfOccBatch":
+        """A copy with every tensor (also inside lists and NovelViews) on `device`."""
+
+        def move(value: Any) -> Any:
+            if isinstance(value, Tensor):
+                return value.to(device, non_blocking=True)
+            if isinstance(value, list):
+                return [move(v) for v in value]
+            if isinstance(value, NovelViews):
+                return NovelViews(**{f.name: move(getattr(value, f.name)) for f in fields(value)})
+            return value
+
+        return SelfOccBatch(**{f.name: move(getattr(self, f.name)) for f in fields(self)})

@@ -1,0 +1,1 @@
+"""The SelfOcc model: image encoder, TPV lifting, SDF field, renderer, losses."""
