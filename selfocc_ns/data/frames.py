@@ -77,7 +77,9 @@ class Frame:
     lidar_ego2global: Optional[np.ndarray] = None
     """Ego pose of the LIDAR_TOP sample_data: the reference ego frame of a keyframe."""
     occ_path: Optional[Path] = None
-    """Occ3D labels.npz of a keyframe, if the gts folder has it."""
+    """Occ3D labels.npz of a keyframe, if there is a gts folder."""
+    held_out: bool = False
+    """A keyframe of the other split (one-scene mode): never drawn as anchor or source."""
 
     @property
     def front_position(self) -> np.ndarray:
@@ -150,7 +152,7 @@ def neighbours(
     prev: List[Neighbour] = []
     nxt: List[Neighbour] = []
     for j, other in enumerate(frames):
-        if j == index:
+        if j == index or other.held_out:
             continue
         d = float(np.linalg.norm(other.front_position - centre))
         if min_dist_m <= d <= max_dist_m:
