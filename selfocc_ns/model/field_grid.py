@@ -1,0 +1,213 @@
+"""The decoded field grid and everything computed on it: trilinear queries, finite-difference
+gradient and Hessian, and the analytic geometric priors (pure functions; used by field.py, the renderer
+and the losses).
+
+Grid convention: that of `selfocc_ns.model.planes` (grid points with the ends included, index order
+[x, y, z], metric ego frame of the input keyframe). Finite differences make all derivatives first-order
+autograd through `grid_sample`: no double backward is needed (the official code needed a custom
+double-backward grid_sample only because it differentiated with autograd).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from selfocc_ns.model.planes import grid_points_m, normalise_points
+
+SdfPrior = Literal["none", "ground", "ground_shell"]
+
+# ----------------------------------------------------------------------------------------------
+# Pure grid functions
+# ----------------------------------------------------------------------------------------------
+
+
+def grid_spacing_m(range_m: Sequence[float], grid_xyz: Sequence[int]) -> Tuple[float, float, float]:
+    """Metric distance between neighbouring grid points along x, y, z (ends included)."""
+    return tuple((range_m[i + 3] - range_m[i]) / (grid_xyz[i] - 1) for i in range(3))  # type: ignore[return-value]
+
+
+def sample_grid(
+    values: Float[Tensor, "B C X Y Z"], points_m: Float[Tensor, "B R 3"], range_m: Sequence[float]
+) -> Float[Tensor, "B R C"]:
+    """Trilinear read of a grid at metric ego points (align_corners=True, border padding).
+
+    `grid_sample` indexes a 5-D input [N, C, D, H, W] with coordinates ordered (W, H, D); our grid is
+    [B, C, X, Y, Z] (D=X, H=Y, W=Z), so the normalised point (x, y, z) is passed as (z, y, x).
+    Points outside the range read the border value (the official code's choice).
+    """
+    normalised = normalise_points(points_m, range_m).to(values.dtype)
+    coords_whd = normalised.flip(-1)[:, :, None, None, :]  # B R 1 1 3
+    sampled = F.grid_sample(values, coords_whd, mode="bilinear", padding_mode="border", align_corners=True)
+    return sampled[:, :, :, 0, 0].transpose(1, 2)  # B R C
+
+
+def grid_gradient(
+    values: Float[Tensor, "B C X Y Z"], spacing_m: Sequence[float]
+) -> Float[Tensor, "B C 3 X Y Z"]:
+    """Finite-difference spatial derivative of every channel, per metre.
+
+    Central differences inside; at the faces one-sided differences divided by the true distance
+    (one spacing). The official code pads by replication and divides by two spacings everywhere, which
+    halves the derivative on the faces (and so gives a plane a non-zero eikonal loss there); we keep the
+    exact one-sided value instead.
+    """
+    d_dx, d_dy, d_dz = torch.gradient(values, spacing=list(spacing_m), dim=[2, 3, 4], edge_order=1)
+    return torch.stack([d_dx, d_dy, d_dz], dim=2)
+
+
+def sdf_gradient_grid(sdf: Float[Tensor, "B 1 X Y Z"], spacing_m: Sequence[float]) -> Float[Tensor, "B 3 X Y Z"]:
+    """SDF gradient (d/dx, d/dy, d/dz) at every grid point."""
+    return grid_gradient(sdf, spacing_m)[:, 0]
+
+
+def sdf_hessian_grid(
+    sdf_gradient: Float[Tensor, "B 3 X Y Z"], spacing_m: Sequence[float]
+) -> Float[Tensor, "B 3 3 X Y Z"]:
+    """Second derivatives as finite differences of the gradient grids: H[:, i, j] = d g_i / d x_j."""
+    return grid_gradient(sdf_gradient, spacing_m)
+
+
+def ground_sdf(points_m: Float[Tensor, "*batch 3"], ground_z_m: float) -> Float[Tensor, "*batch"]:
+    """Signed distance to the ground plane z = ground_z_m (positive above)."""
+    return points_m[..., 2] - ground_z_m
+
+
+def ground_shell_sdf(
+    points_m: Float[Tensor, "*batch 3"], ground_z_m: float, shell_radius_m: float
+) -> Float[Tensor, "*batch"]:
+    """Ground plane united with a vertical cylinder wall of radius shell_radius_m around the ego z axis.
+
+    Free space is the inside of the cylinder above the ground; the SDF of the union of the two solids is
+    the min of their SDFs (exact away from the ground/wall corner, where it is a lower bound).
+    """
+    radial_m = torch.linalg.vector_norm(points_m[..., :2], dim=-1)
+    return torch.minimum(ground_sdf(points_m, ground_z_m), shell_radius_m - radial_m)
+
+
+def prior_sdf_grid(
+    prior: SdfPrior,
+    range_m: Sequence[float],
+    grid_xyz: Tuple[int, int, int],
+    ground_z_m: float = 0.0,
+    shell_radius_m: float = 30.0,
+) -> Float[Tensor, "X Y Z"]:
+    """The analytic prior SDF at the grid points (zeros for 'none')."""
+    xs, ys, zs = grid_points_m(range_m, grid_xyz)
+    points = torch.stack(torch.meshgrid(xs, ys, zs, indexing="ij"), dim=-1)
+    if prior == "none":
+        return torch.zeros(grid_xyz)
+    if prior == "ground":
+        return ground_sdf(points, ground_z_m)
+    if prior == "ground_shell":
+        return ground_shell_sdf(points, ground_z_m, shell_radius_m)
+    raise ValueError(f"unknown sdf_prior {prior!r}; expected 'none', 'ground' or 'ground_shell'")
+
+
+# ----------------------------------------------------------------------------------------------
+# The decoded grid and point queries
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FieldGrid:
+    """The decoded field of B input samples, the object the renderer and the losses read.
+
+    Channel layout of `values`: 0 = SDF in metres (prior included), then `rgb_channels` raw colour
+    channels (0 or 3), then `semantic_channels` logits (0 or 18).
+    """
+
+    values: Float[Tensor, "B K X Y Z"]
+    range_m: Tuple[float, float, float, float, float, float]
+    rgb_channels: int
+    semantic_channels: int
+    rgb_activation: Literal["relu", "sigmoid"] = "relu"
+    _gradient: Optional[Tensor] = field(default=None, repr=False)
+
+    @property
+    def sdf(self) -> Float[Tensor, "B 1 X Y Z"]:
+        return self.values[:, :1]
+
+    @property
+    def grid_xyz(self) -> Tuple[int, int, int]:
+        return tuple(self.values.shape[2:])  # type: ignore[return-value]
+
+    @property
+    def spacing_m(self) -> Tuple[float, float, float]:
+        return grid_spacing_m(self.range_m, self.grid_xyz)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.values.shape[0])
+
+    def sdf_gradient(self) -> Float[Tensor, "B 3 X Y Z"]:
+        """Finite-difference SDF gradient grid (computed once, then cached with its graph)."""
+        if self._gradient is None:
+            self._gradient = sdf_gradient_grid(self.sdf, self.spacing_m)
+        return self._gradient
+
+    def sdf_hessian(self) -> Float[Tensor, "B 3 3 X Y Z"]:
+        """3x3 Hessian at every grid point (for the hessian loss over the whole grid)."""
+        return sdf_hessian_grid(self.sdf_gradient(), self.spacing_m)
+
+    def select(self, index: int) -> "FieldGrid":
+        """The grid of one batch item (B = 1), sharing storage."""
+        gradient = None if self._gradient is None else self._gradient[index : index + 1]
+        return FieldGrid(
+            self.values[index : index + 1],
+            self.range_m,
+            self.rgb_channels,
+            self.semantic_channels,
+            self.rgb_activation,
+            gradient,
+        )
+
+
+@dataclass
+class FieldSamples:
+    """Field values at query points."""
+
+    sdf: Float[Tensor, "B R 1"]
+    rgb: Optional[Float[Tensor, "B R 3"]] = None
+    """Activated colour (relu or sigmoid), None without a colour head."""
+    semantic_logits: Optional[Float[Tensor, "B R S"]] = None
+    sdf_gradient: Optional[Float[Tensor, "B R 3"]] = None
+    """Trilinear read of the finite-difference gradient grid (when asked for)."""
+
+
+def query_field(
+    grid: FieldGrid, points_m: Float[Tensor, "B R 3"], with_gradient: bool = False
+) -> FieldSamples:
+    """Read SDF, colour, semantic logits (and optionally the SDF gradient) at metric ego points.
+
+    One `grid_sample` call reads everything: the gradient grid is concatenated to the values.
+    """
+    tensors = [grid.values]
+    if with_gradient:
+        tensors.append(grid.sdf_gradient())
+    sampled = sample_grid(torch.cat(tensors, dim=1) if len(tensors) > 1 else tensors[0], points_m, grid.range_m)
+    rgb_end = 1 + grid.rgb_channels
+    sem_end = rgb_end + grid.semantic_channels
+    rgb = None
+    if grid.rgb_channels:
+        raw_rgb = sampled[..., 1:rgb_end]
+        rgb = torch.relu(raw_rgb) if grid.rgb_activation == "relu" else torch.sigmoid(raw_rgb)
+    return FieldSamples(
+        sdf=sampled[..., :1],
+        rgb=rgb,
+        semantic_logits=sampled[..., rgb_end:sem_end] if grid.semantic_channels else None,
+        sdf_gradient=sampled[..., sem_end : sem_end + 3] if with_gradient else None,
+    )
+
+
+def sdf_to_density(sdf: Tensor, inv_s: Tensor | float) -> Tensor:
+    """A NeuS-style logistic density s * sigmoid(-s * sdf), for nerfstudio tools that want a density.
+
+    The renderer itself never uses it (it uses NeuS alpha); this only serves `Field.get_density`.
+    """
+    return inv_s * torch.sigmoid(-inv_s * sdf)
