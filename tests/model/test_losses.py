@@ -1,0 +1,251 @@
+"""Losses on inputs with known answers, and gradient flow from each loss to what it should reach."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from selfocc_ns.model.field import SelfOccFieldConfig
+from selfocc_ns.model.losses import (
+    edge_aware_smoothness,
+    eikonal_loss,
+    hessian_loss,
+    reprojection_loss,
+    rgb_loss,
+    semantic_ce_loss,
+    soft_sparsity_loss,
+    ssim,
+)
+from selfocc_ns.model.planes import TPVPlanes
+from selfocc_ns.model.rays import fixed_lattice_px, lattice_colours, lattice_labels, rays_from_pixels
+from selfocc_ns.model.renderer import SelfOccRendererConfig
+
+IMAGE_HW = (60, 80)
+HEIGHT_M = 1.5
+
+
+def look_cam2ego(position, yaw_deg: float, pitch_down_deg: float) -> torch.Tensor:
+    """OpenCV camera at `position` (ego metres) looking along yaw, tilted down by pitch."""
+    yaw, pitch = math.radians(yaw_deg), math.radians(pitch_down_deg)
+    forward = torch.tensor([math.cos(pitch) * math.cos(yaw), math.cos(pitch) * math.sin(yaw), -math.sin(pitch)])
+    right = torch.tensor([math.sin(yaw), -math.cos(yaw), 0.0])
+    pose = torch.eye(4)
+    pose[:3, 0], pose[:3, 1], pose[:3, 2] = right, torch.linalg.cross(forward, right), forward
+    pose[:3, 3] = torch.tensor(position)
+    return pose
+
+
+K = torch.tensor([[50.0, 0.0, 40.0], [0.0, 50.0, 30.0], [0.0, 0.0, 1.0]])
+
+
+def ground_texture(points: torch.Tensor) -> torch.Tensor:
+    """Smooth RGB texture of the ground plane z = 0 (wavelengths ~1-3 m)."""
+    x, y = points[..., 0], points[..., 1]
+    return torch.stack(
+        [
+            0.5 + 0.3 * torch.sin(3.1 * x + 0.3) * torch.cos(2.3 * y),
+            0.5 + 0.3 * torch.sin(2.0 * x - 2.7 * y + 1.0),
+            0.5 + 0.2 * torch.cos(4.0 * x + 1.1 * y),
+        ],
+        dim=-1,
+    )
+
+
+def ray_cast_image(pose: torch.Tensor) -> torch.Tensor:
+    """Render the textured ground by ray-casting every pixel centre: [3, H, W]."""
+    px = fixed_lattice_px(IMAGE_HW, IMAGE_HW).reshape(-1, 2)
+    origins, dirs, _ = rays_from_pixels(px, K, pose)
+    t = -origins[:, 2] / dirs[:, 2]
+    assert torch.all(t > 0), "every pixel must see the ground"
+    colour = ground_texture(origins + t[:, None] * dirs)
+    return colour.reshape(*IMAGE_HW, 3).permute(2, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def planar_scene():
+    target_pose = look_cam2ego((0.0, 0.0, HEIGHT_M), 0.0, 40.0)
+    source_poses = [look_cam2ego((-0.6, 0.1, HEIGHT_M), 0.0, 40.0), look_cam2ego((0.6, -0.1, HEIGHT_M), 2.0, 38.0)]
+    target = ray_cast_image(target_pose)
+    sources = torch.stack([ray_cast_image(p) for p in source_poses])  # V 3 H W
+    lattice = fixed_lattice_px(IMAGE_HW, IMAGE_HW)  # every pixel centre
+    origins, dirs, _ = rays_from_pixels(lattice.reshape(-1, 2), K, target_pose)
+    true_t = -origins[:, 2] / dirs[:, 2]
+    return dict(
+        target_pose=target_pose,
+        source_poses=torch.stack(source_poses),
+        target_image=target,
+        source_images=sources,
+        lattice=lattice,
+        origins=origins,
+        dirs=dirs,
+        true_t=true_t,
+    )
+
+
+def reproject(scene, depth_scales=(0.6, 1.0, 1.6), hot: int = 1, source_images=None, source_poses=None, **kw):
+    """Reprojection loss with samples at scaled true depths and all weight on sample `hot`."""
+    h, w = IMAGE_HW
+    scales = torch.tensor(depth_scales)
+    t = scene["true_t"][:, None] * scales  # R S
+    points = scene["origins"][:, None] + scene["dirs"][:, None] * t[..., None]
+    weights = torch.zeros(h * w, len(depth_scales))
+    weights[:, hot] = 1.0
+    weights.requires_grad_(True)
+    src = scene["source_images"] if source_images is None else source_images
+    poses = scene["source_poses"] if source_poses is None else source_poses
+    target_rgb = lattice_colours(scene["target_image"][None, None], scene["lattice"][None, None])
+    loss, diag = reprojection_loss(
+        points.reshape(1, 1, h, w, -1, 3),
+        weights.reshape(1, 1, h, w, -1),
+        target_rgb,
+        scene["lattice"][None, None],
+        src[None, :, None],
+        K.expand(1, 2, 1, 3, 3),
+        poses[None, :, None],
+        **kw,
+    )
+    return loss, diag, weights
+
+
+def test_reprojection_true_depth_beats_wrong_depth_by_10x(planar_scene):
+    true_loss, diag, _ = reproject(planar_scene, hot=1, automask=False)
+    near_loss, _, _ = reproject(planar_scene, hot=0, automask=False)
+    far_loss, _, _ = reproject(planar_scene, hot=2, automask=False)
+    assert diag["no_source_fraction"].item() == 0.0
+    assert true_loss.item() < 0.01
+    assert near_loss.item() > 10 * true_loss.item() and far_loss.item() > 10 * true_loss.item()
+    # with auto-masking on, the true depth still wins over the identity (unwarped) error almost everywhere
+    masked_loss, masked_diag, _ = reproject(planar_scene, hot=1, automask=True)
+    assert masked_loss.item() <= true_loss.item() and masked_diag["automasked_fraction"].item() < 0.1
+
+
+def test_reprojection_l1_gradient_prefers_true_depth(planar_scene):
+    # weight spread evenly over three depths: the per-sample (L1) part of the loss pulls weight towards
+    # the true depth, i.e. its gradient wrt the weights is lowest there
+    h, w = IMAGE_HW
+    scales = torch.tensor([0.6, 1.0, 1.6])
+    points_t = planar_scene["true_t"][:, None] * scales
+    even = torch.full((h * w, 3), 1.0 / 3, requires_grad=True)
+    points = planar_scene["origins"][:, None] + planar_scene["dirs"][:, None] * points_t[..., None]
+    target_rgb = lattice_colours(planar_scene["target_image"][None, None], planar_scene["lattice"][None, None])
+    loss, _ = reprojection_loss(points.reshape(1, 1, h, w, 3, 3), even.reshape(1, 1, h, w, 3), target_rgb,
+                                planar_scene["lattice"][None, None], planar_scene["source_images"][None, :, None],
+                                K.expand(1, 2, 1, 3, 3), planar_scene["source_poses"][None, :, None], automask=False,
+                                ssim_weight=0.0)
+    loss.backward()
+    best = even.grad.argmin(-1)
+    assert (best == 1).float().mean().item() > 0.9
+
+
+def test_automask_picks_identity_when_source_equals_target(planar_scene):
+    same = planar_scene["target_image"].expand(2, 3, *IMAGE_HW)
+    loss, diag, _ = reproject(planar_scene, hot=1, source_images=same, automask=True)
+    assert loss.item() < 1e-6  # identity error is exactly zero
+    assert diag["automasked_fraction"].item() > 0.95
+
+
+def test_rays_outside_both_sources_get_1e3_before_the_min(planar_scene):
+    backwards = torch.stack([look_cam2ego((-0.6, 0.0, HEIGHT_M), 180.0, 40.0)] * 2)
+    loss, diag, _ = reproject(planar_scene, source_poses=backwards, automask=False)
+    assert diag["no_source_fraction"].item() == 1.0
+    assert loss.item() == pytest.approx(1e3)
+    masked, _, _ = reproject(planar_scene, source_poses=backwards, automask=True)
+    # with the mask the min falls to the identity error of the (unwarped) sources
+    identity, _, _ = reproject(planar_scene, source_poses=backwards, automask=True, no_source_loss=1e9)
+    assert masked.item() < 1.0 and masked.item() == pytest.approx(identity.item())
+
+
+def test_ssim_and_rgb_loss_of_identical_images_are_zero():
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 3, 12, 16, generator=g)
+    assert ssim(image, image).abs().max().item() < 1e-6
+    assert ssim(image, torch.rand(2, 3, 12, 16, generator=g)).mean().item() > 0.1
+    lattice = torch.rand(1, 2, 6, 8, 3, generator=g)
+    assert rgb_loss(lattice, lattice).item() < 1e-6
+    # pure L1 part: a constant offset leaves SSIM's structure term but shifts the means
+    assert rgb_loss(lattice, lattice + 0.1).item() > 0.15 * 0.1 - 1e-6
+
+
+def test_smoothness_known_values():
+    image = torch.full((1, 1, 4, 4, 3), 0.5)
+    assert edge_aware_smoothness(torch.full((1, 1, 4, 4), 7.0), image).item() == pytest.approx(0.0, abs=1e-7)
+    step = torch.ones(1, 1, 4, 4)
+    step[..., 2:] = 2.0  # disparity 1 | 0.5, mean 0.75 -> 4/3 | 2/3: one jump of 2/3 in 12 x-neighbours
+    assert edge_aware_smoothness(step, image).item() == pytest.approx(2 / 9, rel=1e-5)
+    edge_image = image.clone()
+    edge_image[..., 2:, :] = 1.5  # image edge at the same place: |dI| = 1 -> weight exp(-1)
+    assert edge_aware_smoothness(step, edge_image).item() == pytest.approx(2 / 9 * math.exp(-1), rel=1e-5)
+    # depth variant: depth 1 | 2, mean 1.5 -> 2/3 | 4/3, same jump
+    assert edge_aware_smoothness(step, image, of="depth").item() == pytest.approx(2 / 9, rel=1e-5)
+
+
+def test_semantic_ce_known_value_and_ignore():
+    p = torch.tensor([[0.7, 0.2, 0.1], [0.0, 0.5, 0.5], [0.3, 0.3, 0.4]]).reshape(1, 1, 1, 3, 3)
+    labels = torch.tensor([0, 0, 255]).reshape(1, 1, 1, 3)
+    expected = (-math.log(0.7) - math.log(1e-6)) / 2
+    assert semantic_ce_loss(p, labels).item() == pytest.approx(expected, rel=1e-5)
+    assert semantic_ce_loss(p, torch.full_like(labels, 255)).item() == 0.0
+    # labels are read at lattice points by nearest pixel
+    label_map = torch.arange(12).reshape(1, 1, 3, 4)
+    px = torch.tensor([[[[[0.5, 0.5], [3.9, 2.2]]]]])
+    assert lattice_labels(label_map, px).tolist() == [[[[0, 11]]]]
+
+
+def test_eikonal_hessian_sparsity_known_values():
+    doubled = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # (|g|-1)^2 = 1, 0
+    assert eikonal_loss(doubled).item() == pytest.approx(0.5)
+    grid = torch.zeros(1, 3, 2, 1, 1)
+    grid[0, 2] = 1.0  # two unit gradients
+    assert eikonal_loss(doubled, grid).item() == pytest.approx(0.25)  # one mean over all four
+    assert hessian_loss(torch.tensor([-1.0, 2.0, 0.0, 1.0])).item() == pytest.approx(1.0)
+    assert soft_sparsity_loss(torch.tensor([-1.0, 0.5, -0.25])).item() == pytest.approx(1.25 / 3)
+
+
+def test_gradients_flow_from_each_loss_to_what_it_should():
+    torch.manual_seed(0)
+    range_m = (-20.0, -20.0, -2.0, 20.0, 20.0, 6.0)
+    config = SelfOccFieldConfig(range_m=range_m, grid_xyz=(9, 9, 5), feature_dim=4, hidden_dim=8,
+                                sdf_prior="ground_shell", shell_radius_m=15.0)
+    field = config.setup()
+    planes = TPVPlanes(torch.randn(1, 4, 9, 9), torch.randn(1, 4, 9, 5), torch.randn(1, 4, 9, 5))
+    grid = field.decode(planes)
+    renderer = SelfOccRendererConfig(num_samples=24).setup()
+    lattice = fixed_lattice_px((12, 16), (6, 8))[None, None]
+    intr = torch.tensor([[10.0, 0.0, 8.0], [0.0, 10.0, 6.0], [0.0, 0.0, 1.0]])[None, None]
+    pose = look_cam2ego((0.0, 0.0, 1.5), 0.0, 20.0)[None, None]
+    out = renderer.render_cameras(grid, lattice, intr, pose, torch.Generator().manual_seed(0))
+    image = torch.rand(1, 1, 3, 12, 16)
+    target = lattice_colours(image, lattice)
+    sources = torch.stack([look_cam2ego((x, 0.0, 1.5), 0.0, 20.0) for x in (-0.5, 0.5)])[None, :, None]
+    reproj, _ = reprojection_loss(out.points_m, out.weights, target, lattice, image[:, None].expand(1, 2, 1, 3, 12, 16),
+                                  intr.expand(1, 2, 1, 3, 3), sources, automask=False)
+    losses = {
+        "reprojection": reproj,
+        "rgb": rgb_loss(out.rgb, target),
+        "eikonal": eikonal_loss(out.sdf_gradient, grid.sdf_gradient()),
+        "hessian": hessian_loss(grid.sdf_hessian()),
+        "smoothness": edge_aware_smoothness(out.depth, target),
+        "semantic": semantic_ce_loss(out.semantics, torch.randint(0, 18, (1, 1, 6, 8))),
+        "sparsity": soft_sparsity_loss(grid.sdf),
+    }
+    variance = renderer.neus_alpha.variance
+    reaches = {}
+    for name, loss in losses.items():
+        g_values, g_var = torch.autograd.grad(loss, [grid.values, variance], retain_graph=True, allow_unused=True)
+        reaches[name] = dict(
+            sdf=g_values[:, 0].abs().sum().item() > 0,
+            rgb=g_values[:, 1:4].abs().sum().item() > 0,
+            semantic=g_values[:, 4:].abs().sum().item() > 0,
+            variance=g_var is not None and g_var.abs().item() > 0,
+        )
+    assert reaches["reprojection"] == dict(sdf=True, rgb=False, semantic=False, variance=True)
+    assert reaches["rgb"] == dict(sdf=True, rgb=True, semantic=False, variance=True)
+    assert reaches["semantic"] == dict(sdf=True, rgb=False, semantic=True, variance=True)
+    assert reaches["smoothness"] == dict(sdf=True, rgb=False, semantic=False, variance=True)
+    for name in ("eikonal", "hessian", "sparsity"):
+        assert reaches[name] == dict(sdf=True, rgb=False, semantic=False, variance=False), name
+    # and on to the decoder and encoder planes
+    planes_grad = torch.autograd.grad(losses["reprojection"], field.decoder[-1].weight, retain_graph=True)[0]
+    assert planes_grad[0].abs().sum() > 0
