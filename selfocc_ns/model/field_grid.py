@@ -191,17 +191,17 @@ def query_field(
     if with_gradient:
         tensors.append(grid.sdf_gradient())
     sampled = sample_grid(torch.cat(tensors, dim=1) if len(tensors) > 1 else tensors[0], points_m, grid.range_m)
-    rgb_end = 1 + grid.rgb_channels
-    sem_end = rgb_end + grid.semantic_channels
+    # One split (not four slices): its backward is a single cat instead of four zero-filled full grads.
+    sizes = [1, grid.rgb_channels, grid.semantic_channels, 3 if with_gradient else 0]
+    sdf, raw_rgb, logits, gradient = torch.split(sampled, sizes, dim=-1)
     rgb = None
     if grid.rgb_channels:
-        raw_rgb = sampled[..., 1:rgb_end]
         rgb = torch.relu(raw_rgb) if grid.rgb_activation == "relu" else torch.sigmoid(raw_rgb)
     return FieldSamples(
-        sdf=sampled[..., :1],
+        sdf=sdf,
         rgb=rgb,
-        semantic_logits=sampled[..., rgb_end:sem_end] if grid.semantic_channels else None,
-        sdf_gradient=sampled[..., sem_end : sem_end + 3] if with_gradient else None,
+        semantic_logits=logits if grid.semantic_channels else None,
+        sdf_gradient=gradient if with_gradient else None,
     )
 
 
