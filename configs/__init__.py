@@ -1,0 +1,4 @@
+"""SelfOcc presets (installed as `selfocc_ns.configs`): one module per official config, plus `tiny` for the CPU.
+
+Each module has `trainer_config() -> SelfOccTrainerConfig`; `selfocc_ns.methods` registers them with nerfstudio.
+"""

@@ -1,0 +1,57 @@
+"""What every preset shares: optimiser groups, schedule, trainer defaults (DESIGN.md section 4, item 7)."""
+
+from __future__ import annotations
+
+from nerfstudio.configs.base_config import ViewerConfig
+
+from selfocc_ns.data.datamanager import SelfOccDataManagerConfig
+from selfocc_ns.model.selfocc import SelfOccModelConfig
+from selfocc_ns.optim import AdamWOptimizerConfig, WarmupStepDecaySchedulerConfig
+from selfocc_ns.pipeline import SelfOccPipelineConfig
+from selfocc_ns.trainer import SelfOccTrainerConfig
+
+OFFICIAL_ITERS_PER_EPOCH = 3516
+"""28130 nuScenes train keyframes / global batch 8 (8 GPUs x 1): optimizer steps per official epoch."""
+
+
+def optimizers(lr: float = 1e-4, weight_decay: float = 0.01, backbone_lr_mult: float = 0.1, warmup_steps: int = 1000):
+    """AdamW; the backbone at lr x0.1; warm-up from 1e-6, x0.1 at 75% of the run (official)."""
+
+    def group(group_lr: float):
+        return {
+            "optimizer": AdamWOptimizerConfig(lr=group_lr, weight_decay=weight_decay),
+            "scheduler": WarmupStepDecaySchedulerConfig(warmup_steps=warmup_steps),
+        }
+
+    return {"backbone": group(lr * backbone_lr_mult), "model": group(lr)}
+
+
+def trainer(
+    method_name: str,
+    model: SelfOccModelConfig,
+    datamanager: SelfOccDataManagerConfig,
+    epochs: int,
+    eval_tasks=("depth",),
+    vis: str = "viewer+tensorboard",
+    **overrides,
+) -> SelfOccTrainerConfig:
+    """A SelfOcc TrainerConfig; `epochs` are official epochs at global batch 8 (see README: scaling)."""
+    config = SelfOccTrainerConfig(
+        method_name=method_name,
+        max_num_iterations=epochs * OFFICIAL_ITERS_PER_EPOCH,
+        steps_per_save=1000,
+        steps_per_eval_batch=500,
+        steps_per_eval_image=1000,
+        steps_per_eval_all_images=OFFICIAL_ITERS_PER_EPOCH,
+        mixed_precision=False,
+        save_only_latest_checkpoint=True,
+        pipeline=SelfOccPipelineConfig(datamanager=datamanager, model=model, eval_tasks=tuple(eval_tasks),
+                                       eval_max_samples=60),
+        optimizers=optimizers(),
+        viewer=ViewerConfig(num_rays_per_chunk=8192, quit_on_train_completion=True),
+        vis=vis,
+        grad_clip_max_norm=35.0,
+    )
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config

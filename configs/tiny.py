@@ -1,0 +1,51 @@
+"""`selfocc-tiny`: the occ preset's method at CPU scale (minutes on 2 cores), for the demo and the tests.
+
+Same code and losses as `selfocc`; smaller images, backbone (ResNet-18, random init: nothing is
+downloaded), TPV grid, sample count and ray lattice, a short warm-up, and a geometric SDF prior so short
+CPU runs learn something (see README: "The tiny preset").
+"""
+
+from __future__ import annotations
+
+from selfocc_ns.configs.common import optimizers, trainer
+from selfocc_ns.configs.nuscenes_occ import OCC_RANGE_M
+from selfocc_ns.data.datamanager import SelfOccDataManagerConfig
+from selfocc_ns.model.backbone import ImageEncoderConfig
+from selfocc_ns.model.field import SelfOccFieldConfig
+from selfocc_ns.model.renderer import SelfOccRendererConfig
+from selfocc_ns.model.selfocc import SelfOccModelConfig
+from selfocc_ns.model.tpv import TPVEncoderConfig
+from selfocc_ns.trainer import SelfOccTrainerConfig
+
+
+def trainer_config() -> SelfOccTrainerConfig:
+    model = SelfOccModelConfig(
+        range_m=OCC_RANGE_M,
+        grid_xyz=(81, 81, 13),
+        image_encoder=ImageEncoderConfig(backbone="resnet18", pretrained=False, fpn_channels=32, frozen_stages=-1),
+        encoder=TPVEncoderConfig(
+            num_layers=2, num_heads=4, ffn_dim=64, num_points_cross=(8, 8, 4), points_in_pillar=(8, 8, 4),
+            num_points_self=4, pe_num_freqs=6, dropout=0.0, checkpoint=False,
+        ),
+        field=SelfOccFieldConfig(use_rgb=True, num_semantic_classes=18, hidden_dim=32, rgb_activation="sigmoid",
+                                 sdf_prior="ground_shell", shell_radius_m=30.0),
+        renderer=SelfOccRendererConfig(num_samples=96, train_lattice_hw=(24, 50), eval_chunk_rays=16384),
+        reprojection_loss_weight=1.0,
+        rgb_loss_weight=0.1,
+        eikonal_loss_weight=0.1,
+        hessian_loss_weight=0.01,
+        semantic_loss_weight=0.1,
+    )
+    datamanager = SelfOccDataManagerConfig(
+        input_crop_fraction=768 / 900, ray_crop_fraction=768 / 900, scale_rate=0.5, cur_prob=0.333, max_dist_m=30.0,
+        source_max_dist_m=30.0, num_workers=1,
+    )
+    config = trainer("selfocc-tiny", model, datamanager, epochs=1, eval_tasks=("depth", "occupancy"), vis="tensorboard")
+    config.max_num_iterations = 1500
+    config.steps_per_save = 250
+    config.steps_per_eval_batch = 10**9
+    config.steps_per_eval_image = 250
+    config.steps_per_eval_all_images = 10**9
+    config.optimizers = optimizers(lr=5e-4, backbone_lr_mult=1.0, warmup_steps=50)
+    config.pipeline.eval_max_samples = None
+    return config

@@ -1,0 +1,240 @@
+"""The SelfOcc nerfstudio Model: images -> TPV planes -> SDF grid -> NeuS rendering -> self-supervision.
+
+`get_outputs(batch)` takes a `SelfOccBatch` (the datamanager's first return value; no collider): it
+encodes the input keyframe's six images into a decoded field grid (ego frame of the keyframe) and renders
+the anchor cameras' ray lattices. `get_loss_dict` applies the weighted SelfOcc losses. Evaluation and the
+viewer render from a grid decoded once per sample (`encode`, `render_depth`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple, Type
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from nerfstudio.models.base_model import Model, ModelConfig
+from torch import Tensor
+
+from selfocc_ns.data.batch import SelfOccBatch
+from selfocc_ns.model import losses
+from selfocc_ns.model.backbone import ImageEncoderConfig
+from selfocc_ns.model.field import SelfOccFieldConfig
+from selfocc_ns.model.field_grid import FieldGrid
+from selfocc_ns.model.renderer import RenderOutputs, SelfOccRendererConfig
+from selfocc_ns.model.rays import eval_lattice_hw, fixed_lattice_px, lattice_colours, lattice_labels
+from selfocc_ns.model.tpv import TPVEncoderConfig
+
+
+@dataclass
+class SelfOccModelConfig(ModelConfig):
+    """SelfOcc (DESIGN.md section 4). `range_m` and `grid_xyz` here are the single source of truth: they
+    overwrite the encoder's and the field's own fields."""
+
+    _target: Type = dataclasses.field(default_factory=lambda: SelfOccModel)
+    enable_collider: bool = False
+    """The batch is not a RayBundle: no collider."""
+    range_m: Tuple[float, float, float, float, float, float] = (-40.0, -40.0, -1.0, 40.0, 40.0, 5.4)
+    """Scene box in the ego frame of the input keyframe (x_min, y_min, z_min, x_max, y_max, z_max), metres."""
+    grid_xyz: Tuple[int, int, int] = (257, 257, 25)
+    """TPV / decoded grid points along x, y, z (ends included)."""
+    image_encoder: ImageEncoderConfig = dataclasses.field(default_factory=ImageEncoderConfig)
+    """Backbone + FPN."""
+    encoder: TPVEncoderConfig = dataclasses.field(default_factory=TPVEncoderConfig)
+    """TPV / BEV lifting."""
+    field: SelfOccFieldConfig = dataclasses.field(default_factory=SelfOccFieldConfig)
+    """Planes -> SDF / RGB / semantics grid."""
+    renderer: SelfOccRendererConfig = dataclasses.field(default_factory=SelfOccRendererConfig)
+    """Ray lattices, sampling, NeuS compositing."""
+    reprojection_loss_weight: float = 1.0
+    """MVS-embedded reprojection (official 1.0)."""
+    automask: bool = True
+    """Monodepth2 auto-masking in the reprojection loss (official: on in all presets)."""
+    rgb_loss_weight: float = 0.1
+    """Rendered colour vs the anchor image, 0.85 SSIM + 0.15 L1 (official 0.1; needs the colour head)."""
+    eikonal_loss_weight: float = 0.1
+    """(|grad sdf| - 1)^2 over ray samples and the whole grid (official 0.1)."""
+    eikonal_on_grid: bool = True
+    """Include every grid point's gradient in the eikonal loss (official)."""
+    hessian_loss_weight: float = 0.01
+    """Mean |Hessian| over the grid (official 0.01 for occ and novel depth)."""
+    smoothness_loss_weight: float = 0.0
+    """Edge-aware smoothness of mean-normalised disparity (official 0.01 for the depth preset)."""
+    semantic_loss_weight: float = 0.1
+    """Cross-entropy of volume-rendered class probabilities vs 2D labels (official 0.1; needs labels)."""
+    sparsity_loss_weight: float = 0.0
+    """Soft sparsity of the SDF grid (official 0.001 for the BEV variant)."""
+    seed: int = 42
+    """Seed of the per-step ray lattices, jitter and background colours (with step and rank)."""
+
+    def __post_init__(self) -> None:
+        self.sync()
+
+    def sync(self) -> None:
+        """Propagate range and grid to the encoder and the field (call after changing them)."""
+        self.encoder.range_m = tuple(self.range_m)
+        self.encoder.grid_xyz = tuple(self.grid_xyz)
+        self.field.range_m = tuple(self.range_m)  # type: ignore[assignment]
+        self.field.grid_xyz = tuple(self.grid_xyz)  # type: ignore[assignment]
+        self.field.feature_dim = self.image_encoder.fpn_channels
+        self.encoder.dim = self.image_encoder.fpn_channels
+        self.field.bev = self.encoder.representation == "bev"
+
+
+def ego2img_matrices(intrinsics: Float[Tensor, "*cams 3 3"], cam2ego: Float[Tensor, "*cams 4 4"]) -> Float[Tensor, "*cams 4 4"]:
+    """Homogeneous ego point -> (u w, v w, w, 1) pixel coordinates of the camera."""
+    k4 = torch.zeros_like(cam2ego)
+    k4[..., :3, :3] = intrinsics
+    k4[..., 3, 3] = 1.0
+    return k4 @ torch.linalg.inv(cam2ego)
+
+
+class SelfOccModel(Model):
+    """SelfOcc as a nerfstudio Model (see the module docstring)."""
+
+    config: SelfOccModelConfig
+
+    def populate_modules(self):
+        super().populate_modules()
+        self.config.sync()
+        self.image_encoder = self.config.image_encoder.setup()
+        self.encoder = self.config.encoder.setup()
+        self.field = self.config.field.setup()
+        self.renderer = self.config.renderer.setup()
+        if self.config.rgb_loss_weight > 0 and not self.config.field.use_rgb:
+            raise ValueError("rgb_loss_weight > 0 needs the colour head (field.use_rgb)")
+        if self.config.semantic_loss_weight > 0 and self.config.field.num_semantic_classes == 0:
+            raise ValueError("semantic_loss_weight > 0 needs the semantic head (field.num_semantic_classes)")
+        self.viewer_grid: Optional[FieldGrid] = None
+
+    @property
+    def uses_semantics(self) -> bool:
+        return self.config.semantic_loss_weight > 0
+
+    def get_param_groups(self) -> Dict[str, List[torch.nn.Parameter]]:
+        """'backbone' (official lr x0.1) and 'model' (neck, lifting, field, NeuS sharpness)."""
+        backbone = list(self.image_encoder.backbone_parameters())
+        backbone_ids = {id(p) for p in backbone}
+        rest = [p for p in self.parameters() if id(p) not in backbone_ids and p.requires_grad]
+        return {"backbone": [p for p in backbone if p.requires_grad], "model": rest}
+
+    # -- encoding ------------------------------------------------------------------------------------
+    def encode(self, batch: SelfOccBatch) -> FieldGrid:
+        """The decoded field grid of every input keyframe of the batch."""
+        b, n = batch.images.shape[:2]
+        feats = self.image_encoder(batch.images.flatten(0, 1))
+        feats = [f.reshape(b, n, *f.shape[1:]) for f in feats]
+        ego2img = ego2img_matrices(batch.intrinsics, batch.cam2ego)
+        planes = self.encoder(feats, ego2img, tuple(batch.images.shape[-2:]))
+        return self.field.decode(planes)
+
+    def _generator(self, batch: SelfOccBatch) -> torch.Generator:
+        step, rank = batch.info.get("step", 0), batch.info.get("rank", 0)
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(hash((self.config.seed, int(step), int(rank))) % (2**62))
+        return generator
+
+    def get_outputs(self, batch: SelfOccBatch) -> Dict[str, Any]:  # type: ignore[override]
+        grid = self.encode(batch)
+        generator = self._generator(batch)
+        b, n = batch.anchor_images.shape[:2]
+        image_hw = tuple(batch.anchor_images.shape[-2:])
+        device = batch.anchor_images.device
+        lattice = torch.stack(
+            [torch.stack([self.renderer.train_lattice_px(image_hw, generator, device) for _ in range(n)]) for _ in range(b)]
+        )
+        render = self.renderer.render_cameras(
+            grid, lattice, batch.anchor_intrinsics, batch.anchor_cam2ego, generator=generator
+        )
+        outputs: Dict[str, Any] = {
+            "grid": grid,
+            "render": render,
+            "lattice_px": lattice,
+            "target_rgb": lattice_colours(batch.anchor_images, lattice),
+            "depth": render.depth,
+            "accumulation": render.accumulation,
+        }
+        if render.rgb is not None:
+            outputs["rgb"] = render.rgb
+        return outputs
+
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, Any]:
+        render: RenderOutputs = outputs["render"]
+        metrics = {
+            "inv_s": self.renderer.neus_alpha.inv_s().detach(),
+            "depth_mean_m": render.depth.detach().mean(),
+            "accumulation_mean": render.accumulation.detach().mean(),
+        }
+        if render.rgb is not None:
+            mse = F.mse_loss(render.rgb.detach().clamp(0, 1), outputs["target_rgb"])
+            metrics["psnr"] = -10.0 * torch.log10(mse.clamp_min(1e-10))
+        return metrics
+
+    def get_loss_dict(self, outputs, batch: SelfOccBatch, metrics_dict=None) -> Dict[str, Tensor]:
+        cfg = self.config
+        render: RenderOutputs = outputs["render"]
+        grid: FieldGrid = outputs["grid"]
+        target = outputs["target_rgb"]
+        loss_dict: Dict[str, Tensor] = {}
+        if cfg.reprojection_loss_weight > 0:
+            if batch.source_images is None:
+                raise ValueError("the reprojection loss needs source images in the batch (training datamanager)")
+            reproj, diagnostics = losses.reprojection_loss(
+                render.points_m, render.weights, target, outputs["lattice_px"],
+                batch.source_images, batch.source_intrinsics, batch.source_cam2ego, automask=cfg.automask,
+            )
+            loss_dict["reprojection_loss"] = cfg.reprojection_loss_weight * reproj
+            if metrics_dict is not None:
+                metrics_dict.update({f"reprojection/{k}": v for k, v in diagnostics.items()})
+        if cfg.rgb_loss_weight > 0:
+            loss_dict["rgb_loss"] = cfg.rgb_loss_weight * losses.rgb_loss(render.rgb, target)
+        if cfg.eikonal_loss_weight > 0:
+            grid_gradients = grid.sdf_gradient() if cfg.eikonal_on_grid else None
+            loss_dict["eikonal_loss"] = cfg.eikonal_loss_weight * losses.eikonal_loss(render.sdf_gradient, grid_gradients)
+        if cfg.hessian_loss_weight > 0:
+            loss_dict["hessian_loss"] = cfg.hessian_loss_weight * losses.hessian_loss(grid.sdf_hessian())
+        if cfg.smoothness_loss_weight > 0:
+            loss_dict["smoothness_loss"] = cfg.smoothness_loss_weight * losses.edge_aware_smoothness(render.depth, target)
+        if cfg.semantic_loss_weight > 0:
+            if batch.semantics is None:
+                raise ValueError("semantic_loss_weight > 0 but the batch has no 2D labels (datamanager.use_semantics)")
+            labels = lattice_labels(batch.semantics, outputs["lattice_px"])
+            loss_dict["semantic_loss"] = cfg.semantic_loss_weight * losses.semantic_ce_loss(render.semantics, labels)
+        if cfg.sparsity_loss_weight > 0:
+            loss_dict["sparsity_loss"] = cfg.sparsity_loss_weight * losses.soft_sparsity_loss(grid.sdf)
+        return loss_dict
+
+    # -- evaluation / viewer -------------------------------------------------------------------------
+    @torch.no_grad()
+    def render_depth(
+        self,
+        grid: FieldGrid,
+        intrinsics: Float[Tensor, "B N 3 3"],
+        cam2ego: Float[Tensor, "B N 4 4"],
+        image_hw: Tuple[int, int],
+        lattice_fraction: Optional[float] = None,
+    ) -> RenderOutputs:
+        """Render the eval lattice (half resolution by default, as the official 450x800) of every camera."""
+        fraction = self.config.renderer.eval_lattice_fraction if lattice_fraction is None else lattice_fraction
+        lattice = fixed_lattice_px(image_hw, eval_lattice_hw(image_hw, fraction), intrinsics.device)
+        b, n = intrinsics.shape[:2]
+        lattice = lattice.expand(b, n, *lattice.shape)
+        return self.renderer.render_cameras_chunked(grid, lattice, intrinsics, cam2ego)
+
+    def get_image_metrics_and_images(self, outputs, batch) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
+        """Images for nerfstudio's writers; the SelfOcc metrics are computed by the pipeline."""
+        images = {}
+        if "depth" in outputs:
+            from nerfstudio.utils import colormaps
+
+            depth = outputs["depth"]
+            images["depth"] = colormaps.apply_depth_colormap(depth, near_plane=1.0, far_plane=60.0)
+        return {}, images
+
+    def get_outputs_for_camera(self, camera, obb_box=None) -> Dict[str, Tensor]:
+        """Render a nerfstudio camera from the grid cached for the viewer (see selfocc_ns.viewer)."""
+        from selfocc_ns.viewer import render_viewer_camera
+
+        return render_viewer_camera(self, camera)

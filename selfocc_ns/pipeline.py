@@ -1,0 +1,187 @@
+"""The SelfOcc pipeline: nerfstudio's VanillaPipeline with SelfOcc's evaluation and CPU-capable DDP.
+
+- `get_average_eval_image_metrics` (what `ns-eval` calls) runs the eval tasks configured at training time
+  (`eval_tasks`: depth by default) over the eval split and returns one flat dict of floats, baselines
+  included; with `output_path` it writes colour-mapped depth PNGs there.
+- DDP: nerfstudio wraps the model with `device_ids=[local_rank]`, which only works on CUDA; here CPU
+  modules are wrapped without device ids (gloo), so the distributed path also runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Literal, Optional, Tuple, Type
+
+import torch
+import torch.distributed as dist
+from nerfstudio.models.base_model import Model
+from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.utils.rich_utils import CONSOLE
+from torch.cuda.amp.grad_scaler import GradScaler
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from selfocc_ns.data.datamanager import SelfOccDataManagerConfig
+from selfocc_ns.evaluation import EvalOptions, Evaluator, evaluate_batches, median_lidar_depth
+from selfocc_ns.model.selfocc import SelfOccModelConfig
+
+
+@dataclass
+class SelfOccPipelineConfig(VanillaPipelineConfig):
+    """Pipeline of the SelfOcc methods."""
+
+    _target: Type = field(default_factory=lambda: SelfOccPipeline)
+    datamanager: SelfOccDataManagerConfig = field(default_factory=SelfOccDataManagerConfig)
+    """Surround-view temporal samples."""
+    model: SelfOccModelConfig = field(default_factory=SelfOccModelConfig)
+    """The SelfOcc model."""
+    eval_tasks: Tuple[Literal["depth", "novel-depth", "occupancy"], ...] = ("depth",)
+    """What `ns-eval` (and eval during training) reports."""
+    occupancy_protocol: Literal["selfocc", "occ3d"] = "selfocc"
+    """'selfocc': the official protocol (linspace points, crops); 'occ3d': voxel centres, Occ3D's own mIoU."""
+    occupancy_threshold: float = 0.0
+    """Occupied where SDF <= this (official 0)."""
+    depth_flip: bool = False
+    """Horizontal-flip test-time augmentation for depth (official --flip)."""
+    eval_max_samples: Optional[int] = None
+    """Evaluate at most this many eval keyframes (evenly spaced); None = all."""
+    baseline: bool = True
+    """Report the trivial baselines (constant median training depth; flat ground) beside the model."""
+
+
+class SelfOccPipeline(VanillaPipeline):
+    config: SelfOccPipelineConfig
+
+    def __init__(
+        self,
+        config: SelfOccPipelineConfig,
+        device: str,
+        test_mode: Literal["test", "val", "inference"] = "val",
+        world_size: int = 1,
+        local_rank: int = 0,
+        grad_scaler: Optional[GradScaler] = None,
+    ):
+        Pipeline.__init__(self)
+        self.config = config
+        self.test_mode = test_mode
+        self.datamanager = config.datamanager.setup(
+            device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank
+        )
+        self.datamanager.to(device)
+        self._model = config.model.setup(
+            scene_box=self.datamanager.train_dataset.scene_box,
+            num_train_data=len(self.datamanager.train_dataset),
+            metadata=self.datamanager.train_dataset.metadata,
+            device=device,
+            grad_scaler=grad_scaler,
+        )
+        self.model.to(device)
+        self.datamanager.set_use_semantics(self.model.uses_semantics)
+        self.world_size = world_size
+        if world_size > 1:
+            on_cuda = torch.device(device).type == "cuda"
+            self._model = typing.cast(
+                Model,
+                DDP(self._model, device_ids=[local_rank] if on_cuda else None, find_unused_parameters=True),
+            )
+            dist.barrier()
+        self._baseline_depth_m: Optional[float] = None
+
+    def get_train_loss_dict(self, step: int):
+        batch, extra = self.datamanager.next_train(step)
+        outputs = self._model(batch)
+        metrics_dict = self.model.get_metrics_dict(outputs, batch)
+        metrics_dict["data_wait_s"] = extra["data_wait_s"]
+        for key, count in batch.info.get("counters", {}).items():
+            metrics_dict[f"data/{key}"] = float(count)
+        loss_dict = self.model.get_loss_dict(outputs, batch, metrics_dict)
+        return outputs, loss_dict, metrics_dict
+
+    # -- evaluation ----------------------------------------------------------------------------------
+    def eval_options(self, **overrides) -> EvalOptions:
+        cfg = self.config
+        options = EvalOptions(
+            tasks=tuple(cfg.eval_tasks),
+            occupancy_protocol=cfg.occupancy_protocol,
+            occupancy_threshold=cfg.occupancy_threshold,
+            flip=cfg.depth_flip,
+        )
+        for key, value in overrides.items():
+            setattr(options, key, value)
+        if cfg.baseline and options.baseline_depth_m is None and "depth" in options.tasks:
+            options.baseline_depth_m = self.baseline_depth_m()
+        return options
+
+    def baseline_depth_m(self) -> float:
+        """Median LiDAR depth over training keyframes (the constant-depth baseline), computed once."""
+        if self._baseline_depth_m is None:
+            self._baseline_depth_m = median_lidar_depth(self.datamanager.train_index)
+        return self._baseline_depth_m
+
+    def eval_indices(self, max_samples: Optional[int] = None) -> list:
+        """This rank's eval keyframes (evenly spaced when limited)."""
+        total = len(self.datamanager.eval_index.samples)
+        limit = max_samples if max_samples is not None else self.config.eval_max_samples
+        indices = list(range(total))
+        if limit is not None and limit < total:
+            step = total / limit
+            indices = sorted({int(i * step) for i in range(limit)})
+        rank, world = self.datamanager.rank, self.datamanager.world_size
+        return indices[rank::world]
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        options: Optional[EvalOptions] = None,
+        indices: Optional[list] = None,
+        output_path: Optional[Path] = None,
+        progress: bool = False,
+    ) -> Dict[str, Any]:
+        """Run the eval tasks over the eval split; all ranks must call it (metrics are all-reduced)."""
+        from selfocc_ns.eval_images import write_eval_images
+
+        options = options or self.eval_options()
+        indices = self.eval_indices() if indices is None else indices
+        was_training = self.training
+        self.eval()
+        try:
+            evaluator = Evaluator(self.model, options, self.datamanager.eval_index.cameras)
+            batches = self.datamanager.iter_eval_batches(indices)
+            for n, (batch, outputs) in enumerate(evaluate_batches(evaluator, batches, progress, len(indices))):
+                if output_path is not None:
+                    write_eval_images(output_path, batch, outputs, indices[n])
+            results = evaluator.results()
+        finally:
+            self.train(was_training)
+        if options.baseline_depth_m is not None:
+            results["depth/baseline/constant_m"] = float(options.baseline_depth_m)
+        return results
+
+    def get_average_eval_image_metrics(
+        self, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False
+    ) -> Dict[str, float]:
+        results = self.evaluate(output_path=output_path)
+        CONSOLE.print(f"selfocc eval on {int(results.get('eval/num_samples', 0))} keyframes done")
+        numeric = {k: float(v) for k, v in results.items() if isinstance(v, (int, float))}
+        if not get_std:
+            numeric = {k: v for k, v in numeric.items() if not k.endswith("_std")}
+        return numeric
+
+    @torch.no_grad()
+    def get_eval_image_metrics_and_images(self, step: int):
+        """One eval keyframe: its depth metrics and the rendered depth images (for tensorboard)."""
+        self.eval()
+        batch, _ = self.datamanager.next_eval_image(step)
+        options = self.eval_options(tasks=("depth",))
+        evaluator = Evaluator(self.model, options, self.datamanager.eval_index.cameras)
+        outputs = evaluator.add(batch)
+        results = evaluator.depth.compute()
+        metrics = {k: v for k, v in results.items() if "/CAM_" not in k and not k.endswith("_std")}
+        from nerfstudio.utils import colormaps
+
+        depth = outputs["depth"][0]  # N h w
+        row = torch.cat(list(depth), dim=-1)[..., None]
+        images = {"depth": colormaps.apply_depth_colormap(row, near_plane=1.0, far_plane=60.0)}
+        self.train()
+        return metrics, images

@@ -1,0 +1,76 @@
+"""Trainer subclass: global gradient clipping, non-finite step skipping, schedules tied to the run length.
+
+nerfstudio 1.1.5 clips gradients per parameter group (`max_norm` of each optimizer); the official SelfOcc
+clips the norm over ALL parameters at 35. A step whose gradient norm is not finite is skipped (no optimizer
+step, counted in `skipped_steps`), so one bad batch cannot poison the weights. Under DDP the gradients are
+already all-reduced when the norm is taken, so every rank takes the same decision.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Optional, Type
+
+import torch
+from nerfstudio.engine.optimizers import Optimizers
+from nerfstudio.engine.trainer import Trainer, TrainerConfig
+
+from selfocc_ns.optim import WarmupStepDecaySchedulerConfig
+
+
+@dataclass
+class SelfOccTrainerConfig(TrainerConfig):
+    """TrainerConfig with SelfOcc's global gradient clipping."""
+
+    _target: Type = field(default_factory=lambda: SelfOccTrainer)
+    grad_clip_max_norm: Optional[float] = 35.0
+    """Clip the gradient norm over all parameters to this (official 35); None disables clipping."""
+
+
+class SelfOccTrainer(Trainer):
+    config: SelfOccTrainerConfig
+
+    def setup_optimizers(self) -> Optimizers:
+        # Schedules given as fractions of the run learn the run length here, so --max-num-iterations just works.
+        for group in self.config.optimizers.values():
+            scheduler = group.get("scheduler")
+            if isinstance(scheduler, WarmupStepDecaySchedulerConfig) and scheduler.max_steps is None:
+                scheduler.max_steps = self.config.max_num_iterations
+        self.skipped_steps = 0
+        return super().setup_optimizers()
+
+    def train_iteration(self, step: int):
+        if any(n != 1 for n in self.gradient_accumulation_steps.values()):
+            raise ValueError("selfocc's trainer does not support gradient accumulation; raise the batch size instead")
+        self.optimizers.zero_grad_all()
+        device_type = "cpu" if self.device.split(":")[0] in ("cpu", "mps") else "cuda"
+        with torch.autocast(device_type=device_type, enabled=self.mixed_precision):
+            _, loss_dict, metrics_dict = self.pipeline.get_train_loss_dict(step=step)
+            loss = functools.reduce(torch.add, loss_dict.values())
+        self.grad_scaler.scale(loss).backward()
+
+        for optimizer in self.optimizers.optimizers.values():
+            self.grad_scaler.unscale_(optimizer)
+        params = [p for group in self.optimizers.parameters.values() for p in group if p.grad is not None]
+        max_norm = self.config.grad_clip_max_norm
+        if max_norm is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        else:
+            grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])) if params else torch.zeros(())
+        finite = bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(loss.detach()))
+        if finite:
+            for optimizer in self.optimizers.optimizers.values():
+                if any(p.grad is not None for g in optimizer.param_groups for p in g["params"]):
+                    self.grad_scaler.step(optimizer)
+        else:
+            self.skipped_steps += 1
+            self.optimizers.zero_grad_all()
+        metrics_dict["grad_norm"] = grad_norm.detach()
+        metrics_dict["skipped_steps"] = float(self.skipped_steps)
+
+        scale = self.grad_scaler.get_scale()
+        self.grad_scaler.update()
+        if scale <= self.grad_scaler.get_scale():
+            self.optimizers.scheduler_step_all(step)
+        return loss, loss_dict, metrics_dict
