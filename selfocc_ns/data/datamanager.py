@@ -220,6 +220,7 @@ class SelfOccDataManager(DataManager):
         start = time.perf_counter()
         batch: SelfOccBatch = next(self._train_iter)
         self.data_wait_s = time.perf_counter() - start
+        batch.info.update(step=step, rank=self.rank)  # seeds the model's per-step lattices and jitter
         self._train_next_step = step + 1
         self.train_count += 1
         return batch.to(self.device), {"data_wait_s": self.data_wait_s}
