@@ -105,9 +105,8 @@ def write_voxel_ply(
         xyz = origin + (idx + 0.5) * size
         labels_v = labels
         faces = None
-    vertex = np.empty(
-        len(xyz), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1"), ("label", "u1")]
-    )
+    fields = [("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1"), ("label", "u1")]
+    vertex = np.empty(len(xyz), dtype=fields)
     vertex["x"], vertex["y"], vertex["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
     vertex["red"], vertex["green"], vertex["blue"] = colours[:, 0], colours[:, 1], colours[:, 2]
     vertex["label"] = labels_v

@@ -92,7 +92,8 @@ class LabelRunSummary:
             f"  written {self.written}, skipped (already done) {self.skipped_existing}",
         ]
         if self.scenes_missing:
-            lines.append(f"  scenes of the split not in this dataset: {len(self.scenes_missing)} ({', '.join(self.scenes_missing[:5])} ...)")
+            names = ", ".join(self.scenes_missing[:5]) + (" ..." if len(self.scenes_missing) > 5 else "")
+            lines.append(f"  scenes of the split not in this dataset: {len(self.scenes_missing)} ({names})")
         if self.out_of_range_pixels:
             lines.append(f"  pixels with ids outside 0..255 (written as ignore): {self.out_of_range_pixels}")
         total = int(self.label_pixel_counts.sum())
@@ -100,7 +101,9 @@ class LabelRunSummary:
             names = list(OCC3D_CLASSES[:17]) + ["sky"]
             shares = [f"{names[i]} {100.0 * c / total:.1f}%" for i, c in enumerate(self.label_pixel_counts[:18]) if c]
             ignored = self.label_pixel_counts[IGNORE_ID]
-            lines.append("  label pixels: " + ", ".join(shares) + (f", ignore {100.0 * ignored / total:.1f}%" if ignored else ""))
+            if ignored:
+                shares.append(f"ignore {100.0 * ignored / total:.1f}%")
+            lines.append("  label pixels: " + ", ".join(shares))
         return "\n".join(lines)
 
 
@@ -143,7 +146,9 @@ def label_path(out_root: Path, channel: str, image_filename: str) -> Path:
     return Path(out_root) / "semantics" / channel / (Path(image_filename).stem + ".png")
 
 
-def camera_images(nusc, scene_names: Optional[Sequence[str]], cameras: Sequence[str], include_sweeps: bool) -> Tuple[List[Tuple[str, str, str]], List[str], int]:
+def camera_images(
+    nusc, scene_names: Optional[Sequence[str]], cameras: Sequence[str], include_sweeps: bool
+) -> Tuple[List[Tuple[str, str, str]], List[str], int]:
     """(channel, image filename relative to the data root, sample_data token) of every image to label.
 
     Walks each camera's sample_data chain from the scene's first keyframe to its end (in time
@@ -181,7 +186,8 @@ def segment_image(segmentor: Segmentor, image_path: Path, token: str) -> Tuple[n
     class_map = np.asarray(class_map)
     if class_map.shape != rgb.shape[:2]:
         raise ValueError(
-            f"segmentor returned shape {class_map.shape} for {image_path} of size {rgb.shape[:2]}; it must return [H, W]"
+            f"segmentor returned shape {class_map.shape} for {image_path} of size {rgb.shape[:2]}; "
+            "it must return [H, W]"
         )
     return rgb, class_map
 

@@ -66,7 +66,9 @@ def test_voxel_ply_points_and_cubes(tmp_path):
 
 
 def test_voxel_ply_opens_in_open3d(tmp_path):
-    o3d = pytest.importorskip("open3d", exc_type=ImportError)  # importable only where its system libraries (libusb) exist
+    o3d = pytest.importorskip(
+        "open3d", exc_type=ImportError
+    )  # importable only where its system libraries (libusb) exist
     write_voxel_ply(tmp_path / "points.ply", _grid())
     cloud = o3d.io.read_point_cloud(str(tmp_path / "points.ply"))
     assert len(cloud.points) == 4 and cloud.has_colors()

@@ -21,7 +21,7 @@ CHANNELS = ("CAM_FRONT", "CAM_BACK")
 RED = {"CAM_FRONT": 40, "CAM_BACK": 220}
 """Flat image colour per camera: the toy segmentor reads it, so the test sees the image reached it."""
 
-TOY_SEGMENTOR = '''
+TOY_SEGMENTOR = """
 import numpy as np
 
 def segment(image):
@@ -32,7 +32,7 @@ def segment(image):
 
 def wrong_shape(image):
     return np.zeros((3, 3), dtype=np.int64)
-'''
+"""
 
 
 def expected_segment(channel: str) -> np.ndarray:
@@ -93,11 +93,27 @@ def make_nuscenes(root: Path, version: str = "v1.0-mini") -> None:
     t = 1_000_000
     for scene in ("scene-0061", "scene-0103"):
         samples = [f"{scene}_s0", f"{scene}_s1"]
-        tables["scene"].append(_rec(f"tok_{scene}", log_token="log0", nbr_samples=2, first_sample_token=samples[0],
-                                    last_sample_token=samples[1], name=scene, description=""))
+        tables["scene"].append(
+            _rec(
+                f"tok_{scene}",
+                log_token="log0",
+                nbr_samples=2,
+                first_sample_token=samples[0],
+                last_sample_token=samples[1],
+                name=scene,
+                description="",
+            )
+        )
         for i, s in enumerate(samples):
-            tables["sample"].append(_rec(s, timestamp=t + i * 500_000, scene_token=f"tok_{scene}",
-                                         prev=samples[i - 1] if i else "", next=samples[i + 1] if i == 0 else ""))
+            tables["sample"].append(
+                _rec(
+                    s,
+                    timestamp=t + i * 500_000,
+                    scene_token=f"tok_{scene}",
+                    prev=samples[i - 1] if i else "",
+                    next=samples[i + 1] if i == 0 else "",
+                )
+            )
         for c in CHANNELS:
             chain = [(samples[0], True, 0), (samples[1], False, 250_000), (samples[1], True, 500_000)]
             tokens = [f"{scene}_{c}_{k}" for k in range(len(chain))]
@@ -106,11 +122,14 @@ def make_nuscenes(root: Path, version: str = "v1.0-mini") -> None:
                 filename = f"{folder}/{c}/{scene}__{c}__{t + dt}.jpg"
                 (root / filename).parent.mkdir(parents=True, exist_ok=True)
                 Image.new("RGB", (WIDTH, HEIGHT), (RED[c], 90, 90)).save(root / filename, quality=95)
-                tables["ego_pose"].append(_rec(f"ep_{tokens[k]}", timestamp=t + dt, rotation=[1.0, 0, 0, 0], translation=[0.0, 0, 0]))
+                tables["ego_pose"].append(
+                    _rec(f"ep_{tokens[k]}", timestamp=t + dt, rotation=[1.0, 0, 0, 0], translation=[0.0, 0, 0])
+                )
                 tables["sample_data"].append(_rec(
                     tokens[k], sample_token=sample, ego_pose_token=f"ep_{tokens[k]}", calibrated_sensor_token=f"cs_{c}",
                     timestamp=t + dt, fileformat="jpg", is_key_frame=is_key, height=HEIGHT, width=WIDTH,
-                    filename=filename, prev=tokens[k - 1] if k else "", next=tokens[k + 1] if k + 1 < len(chain) else "",
+                    filename=filename, prev=tokens[k - 1] if k else "",
+                    next=tokens[k + 1] if k + 1 < len(chain) else "",
                 ))  # fmt: skip
         t += 10_000_000
     (root / "maps").mkdir(parents=True, exist_ok=True)
@@ -182,12 +201,18 @@ def test_labels_errors(world):
     with pytest.raises(ValueError, match="module:function"):
         load_segmentor("no_colon_here")
     with pytest.raises(FileNotFoundError, match="nuScenes tables not found"):
-        run_labels(LabelsConfig(segmentor=f"{seg}:segment", split="val", cameras=CHANNELS, version="v1.0-trainval", data_dir=root / "x"))
+        run_labels(
+            LabelsConfig(
+                segmentor=f"{seg}:segment", split="val", cameras=CHANNELS, version="v1.0-trainval", data_dir=root / "x"
+            )
+        )
     assert load_segmentor("numpy:zeros_like") is np.zeros_like
 
 
 def test_console_script_help():
-    result = subprocess.run([sys.executable, "-m", "selfocc_ns.labels", "--help"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "selfocc_ns.labels", "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0 and "--include-sweeps" in result.stdout and "--mapping" in result.stdout
 
 

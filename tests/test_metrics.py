@@ -6,7 +6,6 @@ import math
 import os
 import tempfile
 
-import numpy as np
 import pytest
 import torch
 
@@ -67,17 +66,26 @@ def test_depth_errors_thresholds_clamp_and_lower_median():
 
 def test_sample_depth_at_points_is_exact_on_a_linear_lattice():
     h_l, w_l, height, width = 4, 5, 8, 10
-    rows, cols = torch.meshgrid(torch.arange(h_l, dtype=torch.float64), torch.arange(w_l, dtype=torch.float64), indexing="ij")
+    rows, cols = torch.meshgrid(
+        torch.arange(h_l, dtype=torch.float64), torch.arange(w_l, dtype=torch.float64), indexing="ij"
+    )
     depth = 3.0 + 0.5 * rows + 0.25 * cols
     # lattice sample (r, c) sits at ((c + 0.5) * W / w_l, (r + 0.5) * H / h_l)
-    centres = torch.tensor([[(2 + 0.5) * 2.0, (1 + 0.5) * 2.0], [(4 + 0.5) * 2.0, (3 + 0.5) * 2.0]], dtype=torch.float64)
-    assert torch.allclose(sample_depth_at_points(depth, centres, (height, width)), torch.tensor([3.0 + 0.5 + 0.5, 3.0 + 1.5 + 1.0], dtype=torch.float64))
+    centres = torch.tensor(
+        [[(2 + 0.5) * 2.0, (1 + 0.5) * 2.0], [(4 + 0.5) * 2.0, (3 + 0.5) * 2.0]], dtype=torch.float64
+    )
+    assert torch.allclose(
+        sample_depth_at_points(depth, centres, (height, width)),
+        torch.tensor([3.0 + 0.5 + 0.5, 3.0 + 1.5 + 1.0], dtype=torch.float64),
+    )
     # any interior point: lattice coordinate x = u * w_l / W - 0.5, exact for a linear map
     uv = torch.tensor([[3.3, 2.7], [7.9, 5.1]], dtype=torch.float64)
     x, y = uv[:, 0] * w_l / width - 0.5, uv[:, 1] * h_l / height - 0.5
     assert torch.allclose(sample_depth_at_points(depth, uv, (height, width)), 3.0 + 0.5 * y + 0.25 * x)
     # beyond the outermost samples: border value
-    corner = sample_depth_at_points(depth, torch.tensor([[0.0, 0.0], [10.0, 8.0]], dtype=torch.float64), (height, width))
+    corner = sample_depth_at_points(
+        depth, torch.tensor([[0.0, 0.0], [10.0, 8.0]], dtype=torch.float64), (height, width)
+    )
     assert torch.allclose(corner, torch.tensor([depth[0, 0], depth[-1, -1]]))
 
 
@@ -317,7 +325,11 @@ def _fill(rank_items, depth, novel, occ):
 
 def _accumulators():
     cams = ("CAM_FRONT", "CAM_BACK")
-    return DepthMetricAccumulator(cams, baseline_depth_m=5.0), NovelDepthAccumulator(cams), OccupancyMetricAccumulator("selfocc")
+    return (
+        DepthMetricAccumulator(cams, baseline_depth_m=5.0),
+        NovelDepthAccumulator(cams),
+        OccupancyMetricAccumulator("selfocc"),
+    )
 
 
 def _worker(rank: int, init_file: str, out_file: str) -> None:

@@ -38,4 +38,34 @@ from selfocc_ns.metrics.occupancy import (
 )
 from selfocc_ns.metrics.table import format_table, merge_results
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+__all__ = [
+    "DEPTH_METRIC_NAMES",
+    "DEPTH_MODES",
+    "LIDAR_MIN_DEPTH_M",
+    "PRED_MAX_DEPTH_M",
+    "PRED_MIN_DEPTH_M",
+    "DepthHistogramMedian",
+    "constant_median_depth_baseline",
+    "depth_error_vector",
+    "depth_errors",
+    "median_scale_factor",
+    "project_lidar",
+    "sample_depth_at_points",
+    "PROTOCOLS",
+    "OccupancyMetricAccumulator",
+    "apply_official_crops",
+    "clean_occupancy_prediction",
+    "clean_query_points",
+    "confusion_matrix",
+    "flat_ground_prediction",
+    "occupancy_prediction",
+    "official_occupancy_prediction",
+    "official_query_points",
+    "query_points",
+    "semantic_ids",
+    "DepthMetricAccumulator",
+    "NovelDepthAccumulator",
+    "distance_bin",
+    "format_table",
+    "merge_results",
+]

@@ -39,7 +39,9 @@ LIDAR_MIN_DEPTH_M = 1.0
 """Official lower cut of LiDAR depths for the depth task (novel depth uses 1e-3)."""
 
 
-def median_scale_factor(pred_m: Float[Tensor, "P"], gt_m: Float[Tensor, "P"], min_pred_m: float = PRED_MIN_DEPTH_M) -> Tensor:
+def median_scale_factor(
+    pred_m: Float[Tensor, "P"], gt_m: Float[Tensor, "P"], min_pred_m: float = PRED_MIN_DEPTH_M
+) -> Tensor:
     """median(gt) / median(pred) of one image (torch.median: the lower middle value, as the official code).
 
     The prediction median is floored at `min_pred_m` so a degenerate all-zero prediction gives a
@@ -63,7 +65,8 @@ def depth_error_vector(
         median_scale: multiply the prediction by median(gt) / median(pred) first.
     """
     if pred_m.ndim != 1 or pred_m.shape != gt_m.shape:
-        raise ValueError(f"pred_m and gt_m must be 1-D of equal length, got {tuple(pred_m.shape)} and {tuple(gt_m.shape)}")
+        shapes = f"{tuple(pred_m.shape)} and {tuple(gt_m.shape)}"
+        raise ValueError(f"pred_m and gt_m must be 1-D of equal length, got {shapes}")
     if pred_m.numel() == 0:
         raise ValueError("depth_error_vector needs at least one point")
     pred = pred_m.detach().double()

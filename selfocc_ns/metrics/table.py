@@ -32,10 +32,10 @@ def _mean_std(results: Mapping[str, Any], key: str) -> str:
 def _occupancy_block(results: Mapping[str, Any], p: str, used: Set[str]) -> List[str]:
     base = f"{p}/baseline/flat_ground"
     has_base = any(k.startswith(base) for k in results)
+    samples, voxels = int(results.get(f"{p}/num_samples", 0)), int(results.get(f"{p}/num_voxels_scored", 0))
     lines = [
-        f"Occupancy [{p}] protocol {results.get(f'{p}/protocol', '?')}: "
-        f"{int(results.get(f'{p}/num_samples', 0))} samples, {int(results.get(f'{p}/num_voxels_scored', 0))} voxels scored"
-        + " (values in %)",
+        f"Occupancy [{p}] protocol {results.get(f'{p}/protocol', '?')}: {samples} samples, {voxels} voxels scored"
+        " (values in %)",
         f"{'':22}{'model':>10}" + (f"{'flat ground':>14}" if has_base else ""),
     ]
     rows = [("IoU (geometry)", "iou"), ("precision", "precision"), ("recall", "recall"), ("mIoU (mean)", "miou")]
@@ -59,7 +59,8 @@ def _depth_block(results: Mapping[str, Any], p: str, used: Set[str]) -> List[str
     for mode in DEPTH_MODES:
         header += f"{mode + ' model':>19}" + (f"{mode + ' const':>14}" if has_base else "")
     lines = [
-        f"Depth [{p}]: {int(results.get(f'{p}/num_images', 0))} images, {int(results.get(f'{p}/num_points', 0))} points, "
+        f"Depth [{p}]: {int(results.get(f'{p}/num_images', 0))} images, "
+        f"{int(results.get(f'{p}/num_points', 0))} points, "
         f"{int(results.get(f'{p}/num_images_without_points', 0))} images without points"
         + (f"; baseline = constant {results[f'{p}/baseline/depth_m']:.2f} m" if has_base else ""),
         header,
@@ -77,10 +78,12 @@ def _depth_block(results: Mapping[str, Any], p: str, used: Set[str]) -> List[str
     if cams:
         lines.append(f"{'camera':18}{'raw abs_rel':>12}{'raw a1':>10}{'med abs_rel':>12}{'med a1':>10}")
         for cam in cams:
-            lines.append(
-                f"{cam:18}{_num(results.get(f'{p}/raw/{cam}/abs_rel'), width=12)}{_num(results.get(f'{p}/raw/{cam}/a1'))}"
-                f"{_num(results.get(f'{p}/median/{cam}/abs_rel'), width=12)}{_num(results.get(f'{p}/median/{cam}/a1'))}"
-            )
+            row = f"{cam:18}"
+            for mode in DEPTH_MODES:
+                row += _num(results.get(f"{p}/{mode}/{cam}/abs_rel"), width=12) + _num(
+                    results.get(f"{p}/{mode}/{cam}/a1")
+                )
+            lines.append(row)
     used.update(k for k in results if k.startswith(f"{p}/"))
     return lines
 
