@@ -12,21 +12,29 @@ All three live on the Occ3D grid (occ3d.py) in the ego frame of the keyframe's L
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence, Tuple
 
 import numpy as np
 
 from selfocc_ns.data.occ3d import CLASS_ID, FREE_ID, OCC3D_RANGE_M, OCC3D_SHAPE, OCC3D_VOXEL_M, voxel_centres_m
-from selfocc_ns.data.synthetic.road import ground_class
+from selfocc_ns.data.synthetic.road import ground_class_sd
 from selfocc_ns.data.synthetic.sdf import sdf_annular_slab, sdf_primitive
 
 HALF_VOXEL_M = 0.5 * OCC3D_VOXEL_M
 
 
-def voxel_centres_ego() -> np.ndarray:
-    """(200, 200, 16, 3) float64 voxel centres in the ego frame."""
+@functools.lru_cache(maxsize=1)
+def _voxel_centres_ego() -> np.ndarray:
     xs, ys, zs = voxel_centres_m()
-    return np.stack(np.meshgrid(xs, ys, zs, indexing="ij"), axis=-1)
+    centres = np.stack(np.meshgrid(xs, ys, zs, indexing="ij"), axis=-1)
+    centres.flags.writeable = False
+    return centres
+
+
+def voxel_centres_ego() -> np.ndarray:
+    """(200, 200, 16, 3) float64 voxel centres in the ego frame (read-only, shared)."""
+    return _voxel_centres_ego()
 
 
 def _index_range(lo: float, hi: float, axis: int) -> Tuple[int, int]:
@@ -63,21 +71,29 @@ def occupancy_semantics(world, ego2global: np.ndarray, timestamp_us: int) -> np.
         b[better] = d[better]
         c[better] = prims.class_id[i]
     # Flat solids: only the rows whose centres lie within half a voxel above the kerb top can be reached.
-    z0, z1 = _index_range(OCC3D_RANGE_M[2], world.road.kerb_height_m + HALF_VOXEL_M, 2)
-    rows = centres[:, :, z0:z1].reshape(-1, 3) @ rot.T + trans
-    b, c = best[:, :, z0:z1].reshape(-1), cls[:, :, z0:z1].reshape(-1)
-    for r_in, r_out in world._slabs:
-        d = sdf_annular_slab(rows - world._circle_centre, r_in, r_out, world.road.kerb_height_m, world._slab_mid,
-                             world._slab_half_span)
-        better = d < b
-        b[better] = d[better]
-        c[better] = CLASS_ID["sidewalk"]
-    d = rows[:, 2]
-    better = d < b
-    b[better] = d[better]
-    c[better] = ground_class(world.road, world.patches, rows[better, 0], rows[better, 1])
-    best[:, :, z0:z1] = b.reshape(best[:, :, z0:z1].shape)
-    cls[:, :, z0:z1] = c.reshape(cls[:, :, z0:z1].shape)
+    # Road coordinates depend on (x, y) only, so they are computed once per voxel column.
+    road = world.road
+    z0, z1 = _index_range(OCC3D_RANGE_M[2], road.kerb_height_m + HALF_VOXEL_M, 2)
+    columns = centres[:, :, 0].reshape(-1, 3) @ rot.T + trans
+    s, d = road.sd(columns[:, 0], columns[:, 1])
+    column_class = ground_class_sd(road, world.patches, s, d)
+    # a sidewalk slab can only be within half a voxel of columns near the sidewalk band
+    near_walk = np.nonzero((np.abs(d) > road.half_width_m - 1.0)
+                           & (np.abs(d) < road.half_width_m + road.sidewalk_width_m + 1.0))[0]
+    for zi in range(z0, z1):
+        rows = centres[:, :, zi].reshape(-1, 3) @ rot.T + trans
+        b, c = best[:, :, zi].reshape(-1), cls[:, :, zi].reshape(-1)  # copies of the (strided) row
+        for r_in, r_out in world._slabs:
+            dw = sdf_annular_slab(rows[near_walk] - world._circle_centre, r_in, r_out, road.kerb_height_m,
+                                  world._slab_mid, world._slab_half_span)
+            better = dw < b[near_walk]
+            b[near_walk[better]] = dw[better]
+            c[near_walk[better]] = CLASS_ID["sidewalk"]
+        better = rows[:, 2] < b
+        b[better] = rows[better, 2]
+        c[better] = column_class[better]
+        best[:, :, zi] = b.reshape(OCC3D_SHAPE[:2])
+        cls[:, :, zi] = c.reshape(OCC3D_SHAPE[:2])
     return np.where(best <= HALF_VOXEL_M, cls, FREE_ID).astype(np.uint8)
 
 
@@ -90,8 +106,9 @@ def traversed_voxels(origin_ego: np.ndarray, points_ego: np.ndarray) -> np.ndarr
     """
     lo = np.array(OCC3D_RANGE_M[:3])
     shape = np.array(OCC3D_SHAPE)
+    strides = np.array([shape[1] * shape[2], shape[2], 1])
     v = OCC3D_VOXEL_M
-    mask = np.zeros(OCC3D_SHAPE, dtype=bool)
+    flat = np.zeros(int(np.prod(shape)), dtype=bool)
     o = np.asarray(origin_ego, dtype=np.float64)
     d = np.asarray(points_ego, dtype=np.float64) - o
     # clip each segment (parameter s in [0, 1]) to the grid box
@@ -103,28 +120,30 @@ def traversed_voxels(origin_ego: np.ndarray, points_ego: np.ndarray) -> np.ndarr
     keep = s_in < s_out
     d, s_in, s_out = d[keep], s_in[keep], s_out[keep]
 
-    def cell(points: np.ndarray) -> np.ndarray:
-        return np.clip(np.floor((points - lo) / v).astype(np.int64), 0, shape - 1)
+    def cell(coord: np.ndarray, axis: int) -> np.ndarray:
+        return np.clip(np.floor((coord - lo[axis]) / v).astype(np.int64), 0, shape[axis] - 1)
 
-    start = cell(o + s_in[:, None] * d)
-    end = cell(o + s_out[:, None] * d)
-    mask[tuple(start.T)] = True
-    mask[tuple(end.T)] = True
+    start = np.stack([cell(o[a] + s_in * d[:, a], a) for a in range(3)], -1)
+    end = np.stack([cell(o[a] + s_out * d[:, a], a) for a in range(3)], -1)
+    flat[start @ strides] = True
+    flat[end @ strides] = True
     for axis in range(3):
         count = np.abs(end[:, axis] - start[:, axis])
         total = int(count.sum())
         if total == 0:
             continue
         ray = np.repeat(np.arange(count.size), count)
-        j = np.arange(total) - np.repeat(np.cumsum(count) - count, count) + 1  # 1..count per ray
-        step = np.sign(d[ray, axis]).astype(np.int64)
+        j = np.arange(1, total + 1) - np.repeat(np.cumsum(count) - count, count)  # 1..count per ray
+        step = np.where(d[ray, axis] > 0, 1, -1)
         entered = start[ray, axis] + step * j  # index of the voxel entered along this axis
-        boundary = np.where(step > 0, entered, entered + 1)  # boundary plane index between the voxels
+        boundary = entered + (step < 0)  # index of the boundary plane crossed
         s = (lo[axis] + boundary * v - o[axis]) / d[ray, axis]
-        idx = cell(o + s[:, None] * d[ray])
-        idx[:, axis] = entered
-        mask[tuple(idx.T)] = True
-    return mask
+        index = entered * strides[axis]
+        for other in range(3):
+            if other != axis:
+                index += cell(o[other] + s * d[ray, other], other) * strides[other]
+        flat[index] = True
+    return flat.reshape(OCC3D_SHAPE)
 
 
 def camera_visibility_mask(
@@ -142,20 +161,28 @@ def camera_visibility_mask(
     +infinity). Using the stored, quantised depth makes the mask reproducible from the files alone.
     """
     points = centres_global.reshape(-1, 3)
+    px, py, pz = (np.ascontiguousarray(points[:, a]) for a in range(3))
     seen = np.zeros(points.shape[0], dtype=bool)
     for cam2global, k, depth in zip(cam2globals, intrinsics, depth_maps_m):
-        cam = (points - cam2global[:3, 3]) @ cam2global[:3, :3]
-        z = cam[:, 2]
-        front = z > 0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            col = np.floor(k[0, 0] * cam[:, 0] / z + k[0, 2] + 0.5)
-            row = np.floor(k[1, 1] * cam[:, 1] / z + k[1, 2] + 0.5)
+        rot, origin = cam2global[:3, :3], cam2global[:3, 3]
         h, w = depth.shape
-        inside = front & (col >= 0) & (col < w) & (row >= 0) & (row < h)
-        idx = np.nonzero(inside)[0]
-        d = depth[row[idx].astype(np.int64), col[idx].astype(np.int64)].astype(np.float64)
+        # camera coordinates R^T (p - o), one axis at a time on the shrinking set of candidates
+        def axis(a: int, i=None):
+            x, y, zz = (px, py, pz) if i is None else (px[i], py[i], pz[i])
+            return (x - origin[0]) * rot[0, a] + (y - origin[1]) * rot[1, a] + (zz - origin[2]) * rot[2, a]
+
+        z = axis(2)
+        idx = np.nonzero(z > 0)[0]
+        z = z[idx]
+        col = np.floor(k[0, 0] * axis(0, idx) / z + k[0, 2] + 0.5)
+        ok = np.nonzero((col >= 0) & (col < w))[0]
+        idx, z, col = idx[ok], z[ok], col[ok]
+        row = np.floor(k[1, 1] * axis(1, idx) / z + k[1, 2] + 0.5)
+        ok = np.nonzero((row >= 0) & (row < h))[0]
+        idx, z, col, row = idx[ok], z[ok], col[ok], row[ok]
+        d = depth[row.astype(np.int64), col.astype(np.int64)]
         d = np.where(d > 0, d, np.inf)
-        seen[idx[z[idx] <= d + HALF_VOXEL_M]] = True
+        seen[idx[z <= d + HALF_VOXEL_M]] = True
     return seen.reshape(centres_global.shape[:-1])
 
 

@@ -312,35 +312,58 @@ class SceneWorld:
                       primitives: Optional[rc.Primitives] = None) -> Tuple[np.ndarray, np.ndarray]:
         """Signed distance (N,) float64 to the nearest solid and that solid's Occ3D class (N,) uint8.
 
-        Ties go to objects before sidewalks before the ground (objects are sunk into the ground anyway).
+        Ties go to objects (earlier primitives first), then sidewalks, then the ground (objects are sunk
+        into what they stand on, so ties are rare anyway). The flat solids are evaluated everywhere; an
+        object only at points within its bounding box grown by their flat distance (bucketed), and exactly
+        only where its bounding-sphere lower bound can still win.
         """
         p = np.asarray(points_global, dtype=np.float64).reshape(-1, 3)
         prims = self.primitives_at(timestamp_us) if primitives is None else primitives
+        flat = sdf_ground(p)
+        flat_cls = ground_class(self.road, self.patches, p[:, 0], p[:, 1])
+        for r_in, r_out in reversed(self._slabs):  # reversed + '<=' keeps the left slab first on ties
+            d = sdf_annular_slab(p - self._circle_centre, r_in, r_out, self.road.kerb_height_m, self._slab_mid,
+                                 self._slab_half_span)
+            better = d <= flat
+            flat[better] = d[better]
+            flat_cls[better] = CLASS_ID["sidewalk"]
         best = np.full(p.shape[0], np.inf)
         cls = np.full(p.shape[0], FREE_ID, dtype=np.uint8)
+        if len(prims) and p.shape[0]:
+            corners = prims.corners()
+            box_lo, box_hi = corners.min(1), corners.max(1)
+            # Points are bucketed by their flat distance: an object farther from a point than the flat
+            # solids cannot be its nearest solid, so near-ground points only meet nearby objects.
+            tiers = np.digitize(flat, [1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
+            for tier in np.unique(tiers):
+                members = np.nonzero(tiers == tier)[0]
+                self._objects_sdf(prims, p, members, float(flat[members].max()), box_lo, box_hi, flat, best, cls)
+        use_flat = flat < best
+        return np.where(use_flat, flat, best), np.where(use_flat, flat_cls, cls).astype(np.uint8)
+
+    @staticmethod
+    def _objects_sdf(prims: rc.Primitives, p: np.ndarray, members: np.ndarray, reach: float, box_lo: np.ndarray,
+                     box_hi: np.ndarray, flat: np.ndarray, best: np.ndarray, cls: np.ndarray) -> None:
+        """Update `best` / `cls` of the points `members` with every object within `reach` (x-sorted slices)."""
+        order = members[np.argsort(p[members, 0], kind="stable")]
+        xs = p[order, 0]
         radius = prims.bounding_radius()
+        lo, hi = box_lo - reach, box_hi + reach
         for i in range(len(prims)):
-            rel = p - prims.centre[i]
-            lower = np.linalg.norm(rel, axis=-1) - radius[i]
-            cand = np.nonzero(lower < best)[0]
+            cand = order[np.searchsorted(xs, lo[i, 0]):np.searchsorted(xs, hi[i, 0], side="right")]
             if cand.size == 0:
                 continue
-            d = sdf_primitive(int(prims.shape[i]), rel[cand], float(prims.yaw[i]), prims.half[i])
+            q = p[cand]
+            cand = cand[(q[:, 1] >= lo[i, 1]) & (q[:, 1] <= hi[i, 1]) & (q[:, 2] >= lo[i, 2]) & (q[:, 2] <= hi[i, 2])]
+            rel = p[cand] - prims.centre[i]
+            keep = np.linalg.norm(rel, axis=-1) - radius[i] <= np.minimum(best[cand], flat[cand])
+            cand, rel = cand[keep], rel[keep]
+            if cand.size == 0:
+                continue
+            d = sdf_primitive(int(prims.shape[i]), rel, float(prims.yaw[i]), prims.half[i])
             better = d < best[cand]
             best[cand[better]] = d[better]
             cls[cand[better]] = prims.class_id[i]
-        for r_in, r_out in self._slabs:
-            d = sdf_annular_slab(p - self._circle_centre, r_in, r_out, self.road.kerb_height_m, self._slab_mid,
-                                 self._slab_half_span)
-            better = d < best
-            best[better] = d[better]
-            cls[better] = CLASS_ID["sidewalk"]
-        d = sdf_ground(p)
-        better = d < best
-        best[better] = d[better]
-        if better.any():
-            cls[better] = ground_class(self.road, self.patches, p[better, 0], p[better, 1])
-        return best, cls
 
     def sdf(self, points_global: np.ndarray, timestamp_us: int) -> np.ndarray:
         """Signed distance (N,) in metres to the nearest solid at a time (< 0 inside)."""
