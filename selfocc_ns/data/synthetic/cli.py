@@ -3,7 +3,6 @@ write the embedded synthetic world as a nuScenes dataroot, print progress, total
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +24,25 @@ class SynthCommand:
 
     def main(self) -> dict:
         summary = generate_world(self.out_dir, self.world, progress=not self.quiet)
-        print(json.dumps(summary, indent=2))
-        print(f"[selfocc-synth] wrote {summary['images']} images, {summary['frames']} LiDAR sweeps and "
-              f"{summary['keyframes']} Occ3D gts to {summary['out_dir']} in {summary['seconds']:.1f} s")
+        for line in summary_lines(summary):
+            print(f"[selfocc-synth] {line}")
         return summary
+
+
+def summary_lines(summary: dict) -> list:
+    """A short human summary of `generate_world`'s result."""
+    w, h = summary["image_size"]
+    scenes = ", ".join(f"{n} ({summary['splits'][n]})" for n in summary["scenes"])
+    speeds = ", ".join(f"{v:.1f}" for v in summary["ego_speed_mps"].values())
+    return [
+        f"{summary['version']} scenes: {scenes}; {summary['keyframes']} keyframes, {summary['frames']} frames, {w}x{h}",
+        f"wrote {summary['images']} images (+ 2D labels), {summary['frames']} LiDAR sweeps "
+        f"(~{summary['lidar_points_per_sweep']:.0f} points), {summary['keyframes']} Occ3D gts, "
+        f"{summary['sample_annotations']} box annotations",
+        f"occupied Occ3D classes: {', '.join(summary['occupied_classes'])}; ego speed {speeds} m/s",
+        f"done in {summary['seconds']:.1f} s ({summary['workers']} workers) -> {summary['out_dir']} "
+        f"(full summary in truth/summary.json)",
+    ]
 
 
 def entrypoint() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shutil
@@ -29,6 +30,8 @@ MINI_VAL = ("scene-0103", "scene-0916")
 FIRST_TIMESTAMP_US = 1_533_124_800_000_000
 """2018-08-01 12:00:00 UTC; scene k starts k days later."""
 GENERATED_DIRS = ("samples", "sweeps", "maps", "gts", "semantics", "truth")
+SUMMARY_JSON = Path("truth") / "summary.json"
+"""What `generate_world` returned, relative to the dataroot."""
 MAP_RESOLUTION_M = 0.1
 """nuscenes-devkit reads map PNGs at 0.1 m per pixel, pixel (0, H) at global (0, 0)."""
 
@@ -179,17 +182,26 @@ def render_frame(task: Tuple[int, int]) -> Dict:
               "lidar_counts": dict(zip(objects.tolist(), counts.tolist())), "class_pixels": class_pixels,
               "render_s": render_s, "occ_classes": None}
     if frame.is_key_frame:
-        ego2global = rec.ego2global
-        semantics = occ3d_gt.occupancy_semantics(world, ego2global, rec.timestamp_us)
-        global2ego = np.linalg.inv(ego2global)
-        points_ego = scan.points_global @ global2ego[:3, :3].T + global2ego[:3, 3]
-        mask_lidar = occ3d_gt.traversed_voxels(lidar2ego[:3, 3], points_ego)
-        centres_global = occ3d_gt.voxel_centres_ego() @ ego2global[:3, :3].T + ego2global[:3, 3]
-        mask_camera = occ3d_gt.camera_visibility_mask(centres_global, cam2globals, intrinsics, depths[:6])
-        save_labels(root / "gts" / plan.name / frame.sample_token / "labels.npz", semantics, mask_lidar, mask_camera)
+        semantics = write_keyframe_gts(root / "gts" / plan.name / frame.sample_token / "labels.npz", world,
+                                       rec.ego2global, lidar2ego, rec.timestamp_us, scan.points_global,
+                                       cam2globals, intrinsics, depths)
         result["occ_classes"] = np.bincount(semantics.reshape(-1), minlength=18)
     result["total_s"] = time.perf_counter() - start
     return result
+
+
+def write_keyframe_gts(path: Path, world: SceneWorld, ego2global: np.ndarray, lidar2ego: np.ndarray,
+                       timestamp_us: int, lidar_points_global: np.ndarray, cam2globals: List[np.ndarray],
+                       intrinsics: List[np.ndarray], depths_m: List[np.ndarray]) -> np.ndarray:
+    """Occ3D labels.npz of a keyframe (ego frame of its LIDAR_TOP sample_data); returns the semantics."""
+    semantics = occ3d_gt.occupancy_semantics(world, ego2global, timestamp_us)
+    global2ego = np.linalg.inv(ego2global)
+    points_ego = lidar_points_global @ global2ego[:3, :3].T + global2ego[:3, 3]
+    mask_lidar = occ3d_gt.traversed_voxels(lidar2ego[:3, 3], points_ego)
+    centres_global = occ3d_gt.voxel_centres_ego() @ ego2global[:3, :3].T + ego2global[:3, 3]
+    mask_camera = occ3d_gt.camera_visibility_mask(centres_global, cam2globals, intrinsics, depths_m)
+    save_labels(path, semantics, mask_lidar, mask_camera)
+    return semantics
 
 
 def _prepare_out_dir(root: Path, version: str) -> None:
@@ -266,6 +278,10 @@ def generate_world(out_dir: Path, config: WorldConfig = WorldConfig(), progress:
         "pixel_classes": {(OCC3D_CLASSES[c] if c < 17 else "sky"): int(pixels[c]) for c in range(18) if pixels[c]},
         "lidar_points_per_sweep": float(np.mean([r["lidar_points"] for r in results])),
         "workers": pool._processes if pool else 1,  # type: ignore[attr-defined]
+        "seconds_per_frame": {"cameras": round(float(np.mean([r["render_s"] for r in results])), 3),
+                              "total": round(float(np.mean([r["total_s"] for r in results])), 3)},
         "seconds": round(time.perf_counter() - start, 2),
     }
+    with open(root / SUMMARY_JSON, "w") as f:
+        json.dump(summary, f, indent=2)
     return summary
