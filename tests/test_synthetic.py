@@ -64,8 +64,8 @@ def project(points_global: np.ndarray, cam2global: np.ndarray, k: np.ndarray):
     cam = points_global @ g2c[:3, :3].T + g2c[:3, 3]
     z = cam[:, 2]
     with np.errstate(divide="ignore", invalid="ignore"):
-        col = np.floor(k[0, 0] * cam[:, 0] / z + k[0, 2] + 0.5)
-        row = np.floor(k[1, 1] * cam[:, 1] / z + k[1, 2] + 0.5)
+        col = np.floor(k[0, 0] * cam[:, 0] / z + k[0, 2])  # pixel (i, j) covers [j, j + 1) x [i, i + 1)
+        row = np.floor(k[1, 1] * cam[:, 1] / z + k[1, 2])
     return z, col, row
 
 
@@ -205,10 +205,12 @@ def test_warping_a_sweep_with_true_depth_explains_the_keyframe(nusc, world_dir):
             depth = truth_depth(world_dir, key)
             rows, cols = np.nonzero(depth > 0)
             z = depth[rows, cols]
-            cam = np.stack([(cols - k[0, 2]) / k[0, 0] * z, (rows - k[1, 2]) / k[1, 1] * z, z], -1)
+            cam = np.stack([(cols + 0.5 - k[0, 2]) / k[0, 0] * z, (rows + 0.5 - k[1, 2]) / k[1, 1] * z, z], -1)
             key2sweep = np.linalg.inv(sensor_to_global(nusc, sweep)) @ sensor_to_global(nusc, key)
             q = cam @ key2sweep[:3, :3].T + key2sweep[:3, 3]
-            u, v = k[0, 0] * q[:, 0] / q[:, 2] + k[0, 2], k[1, 1] * q[:, 1] / q[:, 2] + k[1, 2]
+            # continuous image coordinates -> pixel-index coordinates (centres at j + 0.5)
+            u = k[0, 0] * q[:, 0] / q[:, 2] + k[0, 2] - 0.5
+            v = k[1, 1] * q[:, 1] / q[:, 2] + k[1, 2] - 0.5
             h, w = depth.shape
             ok = (q[:, 2] > 0.1) & (u >= 0) & (u <= w - 1) & (v >= 0) & (v <= h - 1)
             u, v, rows, cols = u[ok], v[ok], rows[ok], cols[ok]
@@ -241,7 +243,8 @@ def test_tiled_renderer_matches_brute_force_rays_and_sdf(nusc, world_dir):
         assert np.array_equal(render.class_id == 17, stored_depth == 0)
         # every pixel against plain per-ray casting over all primitives (no windows, no occlusion skipping)
         rows, cols = np.mgrid[0 : sd["height"], 0 : sd["width"]]
-        rays = np.stack([cols, rows, np.ones_like(cols)], -1).reshape(-1, 3) @ np.linalg.inv(k).T @ c2g[:3, :3].T
+        centres = np.stack([cols + 0.5, rows + 0.5, np.ones_like(cols, dtype=np.float64)], -1)  # pixel centres
+        rays = centres.reshape(-1, 3) @ np.linalg.inv(k).T @ c2g[:3, :3].T
         hits = scene.cast_rays(np.broadcast_to(c2g[:3, 3], rays.shape), rays, sd["timestamp"])
         tiled = render.distance_m.reshape(-1)
         both_miss = np.isinf(tiled) & np.isinf(hits.distance_m)

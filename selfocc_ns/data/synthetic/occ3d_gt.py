@@ -155,8 +155,8 @@ def camera_visibility_mask(
     """Voxels seen by the keyframe cameras up to the first surface: bool array of `centres_global`'s leading shape.
 
     Definition: a voxel is visible when, for at least one camera, its centre p has camera depth
-    z = (R^T (p - o))_z > 0, projects (OpenCV pinhole, pixel centres at integer coordinates) to the
-    pixel (col, row) = (floor(u + 0.5), floor(v + 0.5)) inside the image, and z <= D[row, col] + 0.2 m,
+    z = (R^T (p - o))_z > 0, projects (OpenCV pinhole; pixel (i, j) covers [j, j + 1) x [i, i + 1)) to the
+    pixel (col, row) = (floor(u), floor(v)) inside the image, and z <= D[row, col] + 0.2 m,
     where D is that camera's truth depth map as stored on disk (uint16 / 256 m, 0 = nothing hit =
     +infinity). Using the stored, quantised depth makes the mask reproducible from the files alone.
     """
@@ -174,10 +174,10 @@ def camera_visibility_mask(
         z = axis(2)
         idx = np.nonzero(z > 0)[0]
         z = z[idx]
-        col = np.floor(k[0, 0] * axis(0, idx) / z + k[0, 2] + 0.5)
+        col = np.floor(k[0, 0] * axis(0, idx) / z + k[0, 2])
         ok = np.nonzero((col >= 0) & (col < w))[0]
         idx, z, col = idx[ok], z[ok], col[ok]
-        row = np.floor(k[1, 1] * axis(1, idx) / z + k[1, 2] + 0.5)
+        row = np.floor(k[1, 1] * axis(1, idx) / z + k[1, 2])
         ok = np.nonzero((row >= 0) & (row < h))[0]
         idx, z, col, row = idx[ok], z[ok], col[ok], row[ok]
         d = depth[row.astype(np.int64), col.astype(np.int64)]

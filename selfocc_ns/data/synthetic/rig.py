@@ -156,14 +156,18 @@ def camera_rotation(mount: CameraMount) -> np.ndarray:
 
 
 def scaled_intrinsics(mount: CameraMount, width: int, height: int) -> np.ndarray:
-    """3x3 pinhole matrix of `mount` for a `width` x `height` image (pixel centres at integer coordinates)."""
+    """3x3 pinhole matrix of `mount` for a `width` x `height` image.
+
+    Pixel (i, j) covers [j, j + 1) x [i, i + 1) (centre (j + 0.5, i + 0.5), nerfstudio's convention), so
+    resizing the image by s scales the first two rows of the matrix by s exactly.
+    """
     sx = width / NUSCENES_IMAGE_WH[0]
     sy = height / NUSCENES_IMAGE_WH[1]
     cx, cy = mount.principal_px
     return np.array(
         [
-            [mount.focal_px * sx, 0.0, (cx + 0.5) * sx - 0.5],
-            [0.0, mount.focal_px * sy, (cy + 0.5) * sy - 0.5],
+            [mount.focal_px * sx, 0.0, cx * sx],
+            [0.0, mount.focal_px * sy, cy * sy],
             [0.0, 0.0, 1.0],
         ]
     )

@@ -94,7 +94,8 @@ class LidarScan:
 @functools.lru_cache(maxsize=32)
 def _pixel_rays_cached(key: bytes, width: int, height: int) -> Tuple[np.ndarray, ...]:
     intrinsics = np.frombuffer(key, dtype=np.float64).reshape(3, 3)
-    u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+    # Pixel (i, j) covers [j, j + 1) x [i, i + 1): its centre is (j + 0.5, i + 0.5), as in nerfstudio.
+    u, v = np.meshgrid(np.arange(width, dtype=np.float64) + 0.5, np.arange(height, dtype=np.float64) + 0.5)
     rays = np.stack([u, v, np.ones_like(u)], -1) @ np.linalg.inv(intrinsics).T
     norm = np.linalg.norm(rays, axis=-1)
     unit = rays / norm[..., None]
@@ -221,7 +222,7 @@ class SceneWorld:
 
     def render_camera(self, cam2global: np.ndarray, intrinsics: np.ndarray, width: int, height: int,
                       timestamp_us: int) -> CameraRender:
-        """Render an OpenCV pinhole camera (pixel centres at integer coordinates) at a time."""
+        """Render an OpenCV pinhole camera (pixel (i, j) centre at (j + 0.5, i + 0.5)) at a time."""
         planes = _pixel_rays_cached(np.ascontiguousarray(intrinsics, dtype=np.float64).tobytes(), width, height)
         z_per_distance = planes[3]
         dirs = rotate_planes(cam2global[:3, :3], *planes[:3])
