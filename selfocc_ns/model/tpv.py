@@ -1,0 +1,217 @@
+"""TPV / BEV lifting (TPVFormer-style, as in the official SelfOcc encoder), pure torch.
+
+Learnable queries per plane (+ a Fourier positional code of the cell coordinates) go through
+``num_layers`` x [cross-plane self-attention -> LayerNorm -> image cross-attention -> LayerNorm ->
+FFN -> LayerNorm] and come out as TPVPlanes (planes.py). The BEV variant keeps the xy plane only: its
+self-attention is deformable attention on that plane, its image cross-attention the TPV xy one.
+
+Differences from the official code, deliberate: reference points on the planes use this project's
+grid-point convention (align_corners=True; the official used i / size with align_corners=False, a
+half-cell shift); anchors behind a camera read zeros instead of a projection divided by eps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Literal, Sequence, Tuple, Type
+
+import torch
+from jaxtyping import Bool, Float
+from nerfstudio.configs.base_config import InstantiateConfig
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from selfocc_ns.model.planes import TPVPlanes
+from selfocc_ns.model.tpv_attention import CrossPlaneSelfAttention, DeformableImageAttention, xavier_linear
+from selfocc_ns.model.tpv_geometry import (
+    MISSING_AXIS,
+    cross_plane_reference_grid,
+    fourier_features,
+    pillar_points_m,
+    plane_cells_unit,
+    plane_shape,
+    project_to_images,
+)
+
+
+@dataclass
+class TPVEncoderConfig(InstantiateConfig):
+    """Configuration of the TPV / BEV lifting encoder (defaults: the official nuscenes_occ preset)."""
+
+    _target: Type = field(default_factory=lambda: TPVEncoder)
+    representation: Literal["tpv", "bev"] = "tpv"
+    """"tpv": three planes xy, xz, yz; "bev": the xy plane only (the field adds a per-height embedding)."""
+    range_m: Tuple[float, ...] = (-40.0, -40.0, -1.0, 40.0, 40.0, 5.4)
+    """Scene box in the ego frame: x_min, y_min, z_min, x_max, y_max, z_max (metres)."""
+    grid_xyz: Tuple[int, int, int] = (257, 257, 25)
+    """Grid points along x, y, z, ends included (planes.py): xy is X x Y, xz is X x Z, yz is Y x Z."""
+    dim: int = 96
+    """Feature channels of queries, planes and image features (the FPN width)."""
+    num_layers: int = 4
+    """Encoder layers."""
+    num_heads: int = 6
+    """Attention heads (dim must be divisible by it)."""
+    ffn_dim: int = 192
+    """Hidden width of the feed-forward block."""
+    num_levels: int = 4
+    """FPN levels attended by the image cross-attention."""
+    num_cams: int = 6
+    """Cameras (one learned embedding each)."""
+    num_points_cross: Tuple[int, int, int] = (48, 48, 8)
+    """Image sampling points per head and level of a query, indexed by the query's missing axis (x, y, z):
+    yz-plane queries 48, xz-plane 48, xy-plane 8. This is the official list's order ([48, 48, 8] gives the
+    hw/xy plane 8 points along z, the side planes 48 along their horizontal axis)."""
+    points_in_pillar: Tuple[int, int, int] = (48, 48, 8)
+    """Reference points (anchors) along each query's missing axis (x, y, z order, as above), spread over the
+    scene range with ends included; must divide num_points_cross. The official SelfOcc code uses one sampling
+    point per anchor (anchors = points: 48 along x/y, 8 along z); TPVFormer used 4 along z, 32 along x/y."""
+    num_points_self: int = 12
+    """Sampling points per head and plane in the cross-plane self-attention."""
+    pe_num_freqs: int = 12
+    """Fourier frequencies (pi * 2^k, k = -1 ..) of the plane cell coordinates normalised over the range."""
+    dropout: float = 0.1
+    """Dropout on the attention updates and in the FFN (official 0.1)."""
+    query_chunk: int = 8192
+    """Queries per chunk in the deformable attentions (bounds the sampled-feature memory)."""
+    checkpoint: bool = True
+    """Recompute each attention chunk in backward (activation checkpointing) when training: the sampled
+    features (heads x levels x points per query) are never all kept."""
+    checkpoint_layers: bool = True
+    """Also recompute whole encoder layers in backward when training, so only each layer's input is kept
+    (~0.7 GB per layer at the full preset otherwise); costs one more forward of the attention."""
+
+    def planes(self) -> Tuple[str, ...]:
+        return ("xy",) if self.representation == "bev" else ("xy", "xz", "yz")
+
+
+class TPVEncoderLayer(nn.Module):
+    """self-attention -> norm -> image cross-attention (one module per plane) -> norm -> FFN -> norm."""
+
+    def __init__(self, config: TPVEncoderConfig) -> None:
+        super().__init__()
+        planes = config.planes()
+        self.self_attn = CrossPlaneSelfAttention(
+            config.dim, config.num_heads, len(planes), config.num_points_self, config.dropout
+        )
+        self.cross_attn = nn.ModuleDict(
+            {
+                plane: DeformableImageAttention(
+                    config.dim,
+                    config.num_heads,
+                    config.num_levels,
+                    config.num_points_cross[MISSING_AXIS[plane]],
+                    config.points_in_pillar[MISSING_AXIS[plane]],
+                    config.dropout,
+                )
+                for plane in planes
+            }
+        )
+        self.ffn = nn.Sequential(
+            xavier_linear(nn.Linear(config.dim, config.ffn_dim)),
+            nn.ReLU(inplace=True),
+            nn.Dropout(config.dropout),
+            xavier_linear(nn.Linear(config.ffn_dim, config.dim)),
+            nn.Dropout(config.dropout),
+        )
+        self.norms = nn.ModuleList([nn.LayerNorm(config.dim) for _ in range(3)])
+
+    def forward(
+        self,
+        queries: Float[Tensor, "B Qtot C"],
+        query_pos: Float[Tensor, "Qtot C"],
+        plane_shapes: Sequence[Tuple[int, int]],
+        self_references: Float[Tensor, "Qtot L P 2"],
+        feats: Sequence[Float[Tensor, "B N C hl wl"]],
+        anchors: Sequence[Tuple[Float[Tensor, "B N Q D 2"], Bool[Tensor, "B N Q D"]]],
+        query_chunk: int,
+        use_checkpoint: bool,
+    ) -> Float[Tensor, "B Qtot C"]:
+        queries = self.self_attn(queries, query_pos, plane_shapes, self_references, query_chunk, use_checkpoint)
+        queries = self.norms[0](queries)
+        per_plane = queries.split([rows * cols for rows, cols in plane_shapes], dim=1)
+        queries = torch.cat(
+            [
+                attention(plane_queries, feats, grid, visible, query_chunk, use_checkpoint)
+                for attention, plane_queries, (grid, visible) in zip(self.cross_attn.values(), per_plane, anchors)
+            ],
+            dim=1,
+        )
+        queries = self.norms[1](queries)
+        queries = self.norms[2](queries + self.ffn(queries))
+        return queries
+
+
+class TPVEncoder(nn.Module):
+    """Multi-camera FPN features -> TPV planes (or the BEV plane) in the ego frame of the input keyframe."""
+
+    def __init__(self, config: TPVEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.plane_names = config.planes()
+        self.plane_shapes = [plane_shape(config.grid_xyz, plane) for plane in self.plane_names]
+        dim = config.dim
+        # Official init: queries ~ N(0, 1); camera and level embeddings ~ N(0, 1), added to the features.
+        self.queries = nn.ParameterDict(
+            {plane: nn.Parameter(torch.randn(rows * cols, dim)) for plane, (rows, cols) in
+             zip(self.plane_names, self.plane_shapes)}
+        )
+        self.pos_proj = nn.ModuleDict(
+            {plane: xavier_linear(nn.Linear(4 * config.pe_num_freqs, dim)) for plane in self.plane_names}
+        )
+        self.cams_embeds = nn.Parameter(torch.randn(config.num_cams, dim))
+        self.level_embeds = nn.Parameter(torch.randn(config.num_levels, dim))
+        for plane in self.plane_names:
+            cells01 = plane_cells_unit(config.range_m, config.grid_xyz, plane)
+            self.register_buffer(f"fourier_{plane}", fourier_features(cells01, config.pe_num_freqs), persistent=False)
+            anchors = config.points_in_pillar[MISSING_AXIS[plane]]
+            self.register_buffer(
+                f"pillars_{plane}", pillar_points_m(config.range_m, config.grid_xyz, plane, anchors), persistent=False
+            )
+        self.register_buffer(
+            "self_references",
+            cross_plane_reference_grid(config.grid_xyz, self.plane_names, config.num_points_self),
+            persistent=False,
+        )
+        self.layers = nn.ModuleList([TPVEncoderLayer(config) for _ in range(config.num_layers)])
+
+    def query_positions(self) -> Float[Tensor, "Qtot C"]:
+        return torch.cat([self.pos_proj[p](getattr(self, f"fourier_{p}")) for p in self.plane_names], dim=0)
+
+    def embed_features(self, feats: Sequence[Float[Tensor, "B N C hl wl"]]) -> List[Float[Tensor, "B N C hl wl"]]:
+        """Add the camera and level embeddings (shared by all layers, as the official encoder)."""
+        if len(feats) != self.config.num_levels:
+            raise ValueError(f"expected {self.config.num_levels} feature levels, got {len(feats)}")
+        if feats[0].shape[1] > self.config.num_cams:
+            raise ValueError(f"{feats[0].shape[1]} cameras but TPVEncoderConfig.num_cams is {self.config.num_cams}")
+        return [
+            f
+            + self.cams_embeds[None, : f.shape[1], :, None, None]
+            + self.level_embeds[level][None, None, :, None, None]
+            for level, f in enumerate(feats)
+        ]
+
+    def forward(
+        self, feats: List[Float[Tensor, "B N C hl wl"]], ego2img: Float[Tensor, "B N 4 4"], image_hw: Tuple[int, int]
+    ) -> TPVPlanes:
+        """``ego2img`` maps homogeneous ego points (metres) to homogeneous pixels of the network-input images
+        of size ``image_hw``: u = p0 / p2, v = p1 / p2; a point is seen when p2 > eps, 0 <= u < w, 0 <= v < h."""
+        batch = feats[0].shape[0]
+        embedded = self.embed_features(feats)
+        anchors = [
+            project_to_images(getattr(self, f"pillars_{plane}"), ego2img.float(), image_hw)
+            for plane in self.plane_names
+        ]
+        queries = torch.cat([self.queries[p] for p in self.plane_names], dim=0)[None].expand(batch, -1, -1)
+        query_pos = self.query_positions()
+        use_checkpoint = self.config.checkpoint and self.training
+        checkpoint_layers = self.config.checkpoint_layers and self.training and torch.is_grad_enabled()
+        for layer in self.layers:
+            args = (queries, query_pos, self.plane_shapes, self.self_references, embedded, anchors,
+                    self.config.query_chunk, use_checkpoint)
+            queries = checkpoint(layer, *args, use_reentrant=False) if checkpoint_layers else layer(*args)
+        planes = [
+            flat.transpose(1, 2).reshape(batch, self.config.dim, rows, cols)
+            for flat, (rows, cols) in zip(queries.split([r * c for r, c in self.plane_shapes], dim=1),
+                                          self.plane_shapes)
+        ]
+        return TPVPlanes(*planes)
