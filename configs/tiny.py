@@ -25,11 +25,11 @@ def trainer_config() -> SelfOccTrainerConfig:
         image_encoder=ImageEncoderConfig(backbone="resnet18", pretrained=False, fpn_channels=32, frozen_stages=-1),
         encoder=TPVEncoderConfig(
             num_layers=2, num_heads=4, ffn_dim=64, num_points_cross=(8, 8, 4), points_in_pillar=(8, 8, 4),
-            num_points_self=4, pe_num_freqs=6, dropout=0.0, checkpoint=False,
+            num_points_self=4, pe_num_freqs=6, dropout=0.0, checkpoint=False, checkpoint_layers=False,
         ),
         field=SelfOccFieldConfig(use_rgb=True, num_semantic_classes=18, hidden_dim=32, rgb_activation="sigmoid",
                                  sdf_prior="ground_shell", shell_radius_m=30.0),
-        renderer=SelfOccRendererConfig(num_samples=96, train_lattice_hw=(24, 50), eval_chunk_rays=16384),
+        renderer=SelfOccRendererConfig(num_samples=64, train_lattice_hw=(24, 50), eval_chunk_rays=16384),
         reprojection_loss_weight=1.0,
         rgb_loss_weight=0.1,
         eikonal_loss_weight=0.1,
