@@ -23,3 +23,48 @@ def small_world(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("world")
     generate_world(root, WorldConfig(**SMALL_WORLD), progress=False)
     return root
+
+
+TINY_RUN_STEPS = 6
+"""Steps of the session's tiny training run (enough for a checkpoint, a resume point and finite losses)."""
+
+
+def ns_train_command(world: Path, output_dir: Path, *extra: str, method: str = "selfocc-tiny") -> list:
+    """The `ns-train` command line the README documents, at test scale (CPU, tensorboard, few steps)."""
+    return [
+        "ns-train", method,
+        "--output-dir", str(output_dir),
+        "--machine.device-type", "cpu",
+        "--vis", "tensorboard",
+        "--steps-per-eval-image", "1000000",
+        "--logging.steps-per-log", "1",
+        "--pipeline.datamanager.num-workers", "0",
+        *extra,
+        "nuscenes-data", "--data-dir", str(world),
+    ]
+
+
+def run_command(cmd: list, cwd: Path, timeout_s: float = 900) -> "subprocess.CompletedProcess":
+    import subprocess
+
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_run(small_world, tmp_path_factory) -> Path:
+    """config.yml of one short `ns-train selfocc-tiny` run on the session world (checkpoints kept)."""
+    out = tmp_path_factory.mktemp("tiny_run")
+    run_command(
+        ns_train_command(
+            small_world, out / "outputs", "--max-num-iterations", str(TINY_RUN_STEPS), "--steps-per-save", "3",
+            "--save-only-latest-checkpoint", "False",
+        ),
+        cwd=out,
+    )
+    configs = sorted((out / "outputs").rglob("config.yml"))
+    assert len(configs) == 1, configs
+    return configs[0]
