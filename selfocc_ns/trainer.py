@@ -9,6 +9,7 @@ already all-reduced when the norm is taken, so every rank takes the same decisio
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass, field
 from typing import Optional, Type
 
@@ -26,6 +27,8 @@ class SelfOccTrainerConfig(TrainerConfig):
     _target: Type = field(default_factory=lambda: SelfOccTrainer)
     grad_clip_max_norm: Optional[float] = 35.0
     """Clip the gradient norm over all parameters to this (official 35); None disables clipping."""
+    max_train_minutes: Optional[float] = None
+    """Stop (and save a checkpoint) after this much wall-clock training time, even before max-num-iterations."""
 
 
 class SelfOccTrainer(Trainer):
@@ -38,9 +41,19 @@ class SelfOccTrainer(Trainer):
             if isinstance(scheduler, WarmupStepDecaySchedulerConfig) and scheduler.max_steps is None:
                 scheduler.max_steps = self.config.max_num_iterations
         self.skipped_steps = 0
+        self._train_started_s: Optional[float] = None
         return super().setup_optimizers()
 
+    def _check_time_budget(self) -> None:
+        """Ask nerfstudio's loop to stop after this step once the wall-clock budget is used up."""
+        if self._train_started_s is None:
+            self._train_started_s = time.perf_counter()
+        budget = self.config.max_train_minutes
+        if budget is not None and time.perf_counter() - self._train_started_s >= 60.0 * budget:
+            self.stop_training = True  # the loop breaks before the next step, then saves a checkpoint
+
     def train_iteration(self, step: int):
+        self._check_time_budget()
         if any(n != 1 for n in self.gradient_accumulation_steps.values()):
             raise ValueError("selfocc's trainer does not support gradient accumulation; raise the batch size instead")
         self.optimizers.zero_grad_all()
