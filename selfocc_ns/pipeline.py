@@ -78,6 +78,9 @@ class SelfOccPipeline(VanillaPipeline):
         )
         self.model.to(device)
         self.datamanager.set_use_semantics(self.model.uses_semantics)
+        from selfocc_ns.viewer import attach_viewer
+
+        attach_viewer(self)  # `self.selfocc`: viewer controls and layers (no parameters; see selfocc_ns/viewer.py)
         self.world_size = world_size
         if world_size > 1:
             on_cuda = torch.device(device).type == "cuda"
