@@ -16,6 +16,7 @@ from typing import Optional, Type
 import torch
 from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
+from nerfstudio.utils.rich_utils import CONSOLE
 
 from selfocc_ns.optim import WarmupStepDecaySchedulerConfig
 
@@ -32,7 +33,26 @@ class SelfOccTrainerConfig(TrainerConfig):
 
 
 class SelfOccTrainer(Trainer):
+    """nerfstudio's Trainer with SelfOcc's clipping, step skipping and run-length semantics.
+
+    `--max-num-iterations` is the length of the whole run: a run resumed from step k trains steps
+    k+1 .. max-1 (nerfstudio would train max more steps), so the warm-up / decay schedule and the data order
+    of a resumed run are those of the uninterrupted run.
+    """
+
     config: SelfOccTrainerConfig
+
+    def train(self) -> None:
+        total = self.config.max_num_iterations
+        remaining = total - self._start_step
+        if remaining <= 0:
+            CONSOLE.print(f"selfocc: the checkpoint is at step {self._start_step - 1}, the run ends at {total}: nothing to do")
+            return
+        self.config.max_num_iterations = remaining  # nerfstudio's loop runs start .. start + this
+        try:
+            super().train()
+        finally:
+            self.config.max_num_iterations = total
 
     def setup_optimizers(self) -> Optimizers:
         # Schedules given as fractions of the run learn the run length here, so --max-num-iterations just works.

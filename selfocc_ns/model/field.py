@@ -70,6 +70,9 @@ class SelfOccFieldConfig(FieldConfig):
     """Activation applied to sampled colour (official: relu)."""
     bev: bool = False
     """Planes are BEV only (xy); a learnable per-height embedding [C, Z] lifts them to a volume."""
+    sdf_output_scale_m: float = 1.0
+    """The decoded SDF channel is multiplied by this (metres per unit of network output; official 1). Larger
+    values let short runs move surfaces by metres (Adam's steps are scale-free in the output)."""
     sdf_prior: SdfPrior = "none"
     """Analytic SDF added to the decoded SDF: none, ground plane, or ground plane + cylinder wall."""
     ground_z_m: float = 0.0
@@ -162,7 +165,7 @@ class SelfOccField(Field):
                 chunks.append(self._decode_slab(*slab_planes))
         values = torch.cat(chunks, dim=2)
         prior = self.prior_sdf.to(values.dtype)
-        values = torch.cat([values[:, :1] + prior, values[:, 1:]], dim=1)
+        values = torch.cat([values[:, :1] * self.config.sdf_output_scale_m + prior, values[:, 1:]], dim=1)
         return FieldGrid(
             values=values,
             range_m=tuple(self.config.range_m),  # type: ignore[arg-type]
