@@ -129,6 +129,7 @@ class SelfOccDataManager(DataManager):
         self.rank = global_rank(local_rank)
         self.test_mode = test_mode
         self.data_wait_s = 0.0
+        self.train_rays_per_batch = 1  # the pipeline sets it from the model's ray lattice
         self._use_semantics = use_semantics
         self.dataparser = config.dataparser.setup()
         self.includes_time = False
@@ -250,7 +251,7 @@ class SelfOccDataManager(DataManager):
             yield batch.to(self.device)
 
     def get_train_rays_per_batch(self) -> int:
-        return 1
+        return self.train_rays_per_batch
 
     def get_eval_rays_per_batch(self) -> int:
         return 1

@@ -84,6 +84,14 @@ class SelfOccNuScenes(DataParser):
 
     config: SelfOccNuScenesDataParserConfig
 
+    def _database(self):
+        """The devkit database, loaded once per parser (train and eval splits share it; trainval takes ~a minute)."""
+        key = (str(self.config.data_dir), self.config.version)
+        if getattr(self, "_nusc_key", None) != key:
+            self._nusc = open_nuscenes(self.config.data_dir, self.config.version, verbose=self.config.verbose)
+            self._nusc_key = key
+        return self._nusc
+
     def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
         if split not in ("train", "val", "test"):
             raise ValueError(f"Unknown dataparser split {split!r} (expected train, val or test)")
@@ -91,7 +99,7 @@ class SelfOccNuScenes(DataParser):
         channels = tuple("CAM_" + name for name in cfg.cameras)
         if len(set(channels)) != len(channels):
             raise ValueError(f"--cameras lists a camera twice: {cfg.cameras}")
-        nusc = open_nuscenes(cfg.data_dir, cfg.version, verbose=cfg.verbose)
+        nusc = self._database()
         scene_records, split_name = select_scenes(nusc, str(cfg.data), cfg.version, split)
         gts_dir = _default_dir(cfg.gts_dir, cfg.data_dir / "gts")
         semantics_dir = _default_dir(cfg.semantics_dir, cfg.data_dir / "semantics")
