@@ -23,7 +23,7 @@ from torch.cuda.amp.grad_scaler import GradScaler
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from selfocc_ns.data.datamanager import SelfOccDataManagerConfig
-from selfocc_ns.evaluation import EvalOptions, Evaluator, evaluate_batches, median_lidar_depth
+from selfocc_ns.evaluation import EvalOptions, Evaluator, evaluate_batches, median_lidar_depth, numeric_results
 from selfocc_ns.model.selfocc import SelfOccModelConfig
 
 
@@ -78,6 +78,10 @@ class SelfOccPipeline(VanillaPipeline):
         )
         self.model.to(device)
         self.datamanager.set_use_semantics(self.model.uses_semantics)
+        lattice_h, lattice_w = config.model.renderer.train_lattice_hw
+        self.datamanager.train_rays_per_batch = (
+            config.datamanager.batch_size * len(self.datamanager.train_index.cameras) * lattice_h * lattice_w
+        )
         from selfocc_ns.viewer import attach_viewer
 
         attach_viewer(self)  # `self.selfocc`: viewer controls and layers (no parameters; see selfocc_ns/viewer.py)
@@ -109,10 +113,15 @@ class SelfOccPipeline(VanillaPipeline):
             occupancy_protocol=cfg.occupancy_protocol,
             occupancy_threshold=cfg.occupancy_threshold,
             flip=cfg.depth_flip,
+            flat_ground_baseline=cfg.baseline,
         )
         for key, value in overrides.items():
+            if not hasattr(options, key):
+                raise ValueError(f"unknown eval option {key!r}")
             setattr(options, key, value)
-        if cfg.baseline and options.baseline_depth_m is None and "depth" in options.tasks:
+        options.__post_init__()
+        wants_depth_baseline = "depth" in options.tasks or "novel-depth" in options.tasks
+        if cfg.baseline and options.baseline_depth_m is None and wants_depth_baseline:
             options.baseline_depth_m = self.baseline_depth_m()
         return options
 
@@ -146,6 +155,8 @@ class SelfOccPipeline(VanillaPipeline):
 
         options = options or self.eval_options()
         indices = self.eval_indices() if indices is None else indices
+        if "novel-depth" in options.tasks:
+            self.datamanager.config.eval_novel_views = True  # the batches must carry the neighbour frames
         was_training = self.training
         self.eval()
         try:
@@ -157,16 +168,16 @@ class SelfOccPipeline(VanillaPipeline):
             results = evaluator.results()
         finally:
             self.train(was_training)
-        if options.baseline_depth_m is not None:
-            results["depth/baseline/constant_m"] = float(options.baseline_depth_m)
         return results
 
     def get_average_eval_image_metrics(
         self, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False
     ) -> Dict[str, float]:
+        """What `ns-eval` and eval during training call: the configured tasks, a flat dict of floats only
+        (string values such as `occ/protocol: selfocc` become `occ/protocol/selfocc: 1.0`)."""
         results = self.evaluate(output_path=output_path)
         CONSOLE.print(f"selfocc eval on {int(results.get('eval/num_samples', 0))} keyframes done")
-        numeric = {k: float(v) for k, v in results.items() if isinstance(v, (int, float))}
+        numeric = numeric_results(results)
         if not get_std:
             numeric = {k: v for k, v in numeric.items() if not k.endswith("_std")}
         return numeric
@@ -174,17 +185,20 @@ class SelfOccPipeline(VanillaPipeline):
     @torch.no_grad()
     def get_eval_image_metrics_and_images(self, step: int):
         """One eval keyframe: its depth metrics and the rendered depth images (for tensorboard)."""
-        self.eval()
-        batch, _ = self.datamanager.next_eval_image(step)
-        options = self.eval_options(tasks=("depth",))
-        evaluator = Evaluator(self.model, options, self.datamanager.eval_index.cameras)
-        outputs = evaluator.add(batch)
-        results = evaluator.depth.compute()
-        metrics = {k: v for k, v in results.items() if "/CAM_" not in k and not k.endswith("_std")}
         from nerfstudio.utils import colormaps
 
+        was_training = self.training
+        self.eval()
+        try:
+            batch, _ = self.datamanager.next_eval_image(step)
+            options = self.eval_options(tasks=("depth",))
+            evaluator = Evaluator(self.model, options, self.datamanager.eval_index.cameras)
+            outputs = evaluator.add(batch)
+            results = evaluator.depth.compute()
+        finally:
+            self.train(was_training)
+        metrics = {k: v for k, v in results.items() if "/CAM_" not in k and not k.endswith("_std")}
         depth = outputs["depth"][0]  # N h w
         row = torch.cat(list(depth), dim=-1)[..., None]
         images = {"depth": colormaps.apply_depth_colormap(row, near_plane=1.0, far_plane=60.0)}
-        self.train()
         return metrics, images

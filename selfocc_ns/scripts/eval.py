@@ -5,20 +5,55 @@
 
 Loads the run like `ns-eval` (nerfstudio's `eval_setup`, latest checkpoint), evaluates the chosen tasks
 on the chosen split with a progress bar, prints a summary table (model beside the trivial baselines) and
-writes a JSON report that names the protocol.
+writes a JSON report that names the protocol (layout: docs/evaluation.md).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional, Tuple
+from typing import Any, Dict, Literal, Optional, Tuple
 
 import tyro
 
 Task = Literal["depth", "novel-depth", "occupancy"]
+Split = Literal["val", "train"]
+
+
+def load_pipeline(
+    load_config: Path,
+    split: Split = "val",
+    data_dir: Optional[Path] = None,
+    gts_dir: Optional[Path] = None,
+    novel_views: bool = False,
+    max_workers: int = 2,
+):
+    """(config, pipeline, checkpoint path, step) of a training run, set up like `ns-eval` does.
+
+    `split` 'val' is what ns-eval evaluates (nerfstudio's "test" split, mapped to the official val scenes);
+    'train' evaluates the training keyframes instead. `data_dir` / `gts_dir` point the dataparser at
+    another nuScenes root / Occ3D gts folder; `novel_views` loads the neighbour frames for novel depth.
+    """
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    def update(config):
+        dataparser = config.pipeline.datamanager.dataparser
+        if data_dir is not None:
+            dataparser.data_dir = Path(data_dir)
+        if gts_dir is not None:
+            dataparser.gts_dir = Path(gts_dir)
+        if novel_views:
+            config.pipeline.datamanager.eval_novel_views = True
+        config.pipeline.datamanager.num_workers = min(config.pipeline.datamanager.num_workers, max_workers)
+        return config
+
+    config, pipeline, checkpoint, step = eval_setup(Path(load_config), test_mode="test",
+                                                    update_config_callback=update)
+    if split == "train":
+        dm = pipeline.datamanager
+        dm.eval_dataparser_outputs = dm.train_dataparser_outputs
+    return config, pipeline, checkpoint, step
 
 
 @dataclass
@@ -32,39 +67,36 @@ class SelfOccEval:
     protocol: Literal["selfocc", "occ3d"] = "selfocc"
     """Occupancy protocol: official SelfOcc (linspace points, crops, mIoU over 1..16) or clean Occ3D."""
     threshold: float = 0.0
-    """Occupied where SDF <= threshold."""
-    split: Literal["val", "train"] = "val"
+    """Occupied where SDF <= threshold (metres)."""
+    split: Split = "val"
     """Which split of the run's dataset to evaluate (val = the official val scenes, what ns-eval uses)."""
     flip: bool = False
     """Horizontal-flip test-time augmentation for depth (official --flip)."""
     max_samples: Optional[int] = None
-    """Evaluate at most this many keyframes (evenly spaced)."""
+    """Evaluate at most this many keyframes (evenly spaced); default: the run's eval_max_samples."""
+    all_samples: bool = False
+    """Evaluate every keyframe of the split (overrides the run's eval_max_samples)."""
     lattice_fraction: Optional[float] = None
     """Depth lattice as a fraction of the ray crop (default: the run's, 0.5 = official 450x800)."""
+    baseline: bool = True
+    """Score the trivial baselines (constant median training depth, flat ground) on the same samples."""
     data_dir: Optional[Path] = None
     """Evaluate on another nuScenes root than the one the run trained on."""
+    gts_dir: Optional[Path] = None
+    """Score occupancy against another Occ3D gts folder (<gts-dir>/<scene>/<sample_token>/labels.npz)."""
     output_path: Optional[Path] = None
     """Write the JSON report here."""
     render_output_path: Optional[Path] = None
-    """Write colour-mapped depth PNGs here."""
+    """Write colour-mapped depth PNGs (and occupancy bird's-eye views) here."""
 
-    def main(self) -> dict:
-        from nerfstudio.utils.eval_utils import eval_setup
-
+    def main(self) -> Dict[str, Any]:
+        from selfocc_ns.evaluation import write_results_json
         from selfocc_ns.metrics import format_table
 
-        def update(config):
-            if self.data_dir is not None:
-                config.pipeline.datamanager.dataparser.data_dir = self.data_dir
-            if "novel-depth" in self.task:
-                config.pipeline.datamanager.eval_novel_views = True
-            config.pipeline.datamanager.num_workers = min(config.pipeline.datamanager.num_workers, 2)
-            return config
-
-        config, pipeline, checkpoint, step = eval_setup(self.load_config, test_mode="test", update_config_callback=update)
-        if self.split == "train":
-            dm = pipeline.datamanager
-            dm.eval_dataparser_outputs = dm.train_dataparser_outputs
+        config, pipeline, checkpoint, step = load_pipeline(
+            self.load_config, self.split, self.data_dir, self.gts_dir, novel_views="novel-depth" in self.task
+        )
+        pipeline.config.baseline = self.baseline
         options = pipeline.eval_options(
             tasks=tuple(self.task),
             occupancy_protocol=self.protocol,
@@ -72,10 +104,10 @@ class SelfOccEval:
             flip=self.flip,
             lattice_fraction=self.lattice_fraction,
         )
+        max_samples = len(pipeline.datamanager.eval_index.samples) if self.all_samples else self.max_samples
+        indices = pipeline.eval_indices(max_samples)
         start = time.perf_counter()
-        results = pipeline.evaluate(
-            options, indices=pipeline.eval_indices(self.max_samples), output_path=self.render_output_path, progress=True
-        )
+        results = pipeline.evaluate(options, indices=indices, output_path=self.render_output_path, progress=True)
         seconds = time.perf_counter() - start
         report = {
             "experiment_name": config.experiment_name,
@@ -83,15 +115,27 @@ class SelfOccEval:
             "checkpoint": str(checkpoint),
             "step": int(step),
             "split": pipeline.datamanager.eval_index.split,
+            "num_samples": len(indices),
             "tasks": list(self.task),
-            "protocol": {"occupancy": self.protocol, "threshold": self.threshold, "depth_flip": self.flip},
+            "protocol": {
+                "occupancy": self.protocol,
+                "threshold_m": self.threshold,
+                "depth_flip": self.flip,
+                "lattice_fraction": results.get("eval/lattice_fraction"),
+            },
+            "baselines": {
+                "depth": "constant median LiDAR depth of the training keyframes (depth_m)",
+                "occupancy": "flat ground: everything below z = 0 is driveable_surface",
+            } if self.baseline else {},
             "seconds": seconds,
             "results": results,
         }
-        print(format_table(results, title=f"{config.method_name} @ step {step} on {report['split']}"))
+        title = (f"{config.method_name} @ step {step} on {report['split']} ({len(indices)} keyframes; "
+                 f"occupancy protocol {self.protocol}, threshold {self.threshold}, flip {self.flip})")
+        print(format_table(results, title=title))
+        print(f"evaluated {len(indices)} keyframes in {seconds:.1f} s")
         if self.output_path is not None:
-            self.output_path.parent.mkdir(parents=True, exist_ok=True)
-            self.output_path.write_text(json.dumps(report, indent=2), "utf8")
+            write_results_json(self.output_path, report)
             print(f"wrote {self.output_path}")
         return report
 

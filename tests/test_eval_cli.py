@@ -1,0 +1,72 @@
+"""`ns-eval` and `selfocc-eval` as a user runs them, on the session's tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import run_command
+from PIL import Image
+
+from selfocc_ns.data.frames import CAMERA_CHANNELS
+from selfocc_ns.metrics import DEPTH_METRIC_NAMES
+
+
+def training_dir(config: Path) -> Path:
+    """The folder ns-train ran in (config is <dir>/outputs/<experiment>/<method>/<timestamp>/config.yml)."""
+    return config.parents[4]
+
+
+def test_ns_eval_writes_the_depth_protocol_baselines_and_pngs(tiny_run, tmp_path):
+    """ns-eval: the preset's tasks (selfocc-tiny: depth and occupancy) on the 4 val keyframes, floats only."""
+    out = tmp_path / "ns_eval.json"
+    renders = tmp_path / "renders"
+    run_command(["ns-eval", "--load-config", str(tiny_run), "--output-path", str(out), "--render-output-path",
+                 str(renders)], cwd=training_dir(tiny_run))
+    report = json.loads(out.read_text())
+    assert report["method_name"] == "selfocc-tiny" and report["checkpoint"].endswith("step-000000005.ckpt")
+    results = report["results"]
+    assert all(isinstance(v, float) for v in results.values())
+    for source in ("", "baseline/"):
+        for mode in ("raw", "median"):
+            for metric in DEPTH_METRIC_NAMES:
+                key = f"depth/{source}{mode}/{metric}"
+                assert key in results and f"{key}_std" in results, key
+                for camera in CAMERA_CHANNELS:
+                    assert f"depth/{source}{mode}/{camera}/{metric}" in results
+    assert results["depth/num_images"] == 24 and results["depth/num_points"] > 10000
+    assert results["depth/num_images_without_points"] == 0
+    assert 0 < results["depth/raw/a1"] <= 1 and results["depth/raw/abs_rel"] > 0
+    assert 1 < results["depth/baseline/depth_m"] < 80  # median training LiDAR depth
+    assert results["occ/protocol/selfocc"] == 1.0 and results["occ/num_samples"] == 4
+    assert "occ/baseline/flat_ground/iou" in results and "occ/miou_sum17" in results
+    assert results["eval/lattice_fraction"] == 0.5 and results["depth/flip"] == 0.0
+    for idx in range(4):
+        depth_png = Image.open(renders / f"eval_depth_{idx:04d}.png")
+        assert depth_png.size == (6 * 80, 2 * 38)  # six cameras side by side, input above depth (half of 160x77)
+        assert Image.open(renders / f"eval_occupancy_{idx:04d}.png").size == (2 * 400 + 4, 400)
+
+
+def test_selfocc_eval_cli_flags_table_progress_and_json(tiny_run, tmp_path):
+    out = tmp_path / "eval.json"
+    result = run_command(
+        ["selfocc-eval", "--load-config", str(tiny_run), "--task", "depth", "novel-depth", "occupancy",
+         "--protocol", "occ3d", "--threshold", "0.1", "--flip", "--max-samples", "2", "--split", "val",
+         "--output-path", str(out)],
+        cwd=training_dir(tiny_run),
+    )
+    report = json.loads(out.read_text())
+    assert report["split"] == "mini_val" and report["num_samples"] == 2 and report["step"] == 5
+    assert report["protocol"] == {"occupancy": "occ3d", "threshold_m": 0.1, "depth_flip": True, "lattice_fraction": 0.5}
+    results = report["results"]
+    assert results["occ/protocol"] == "occ3d" and results["occ/threshold_m"] == 0.1 and results["depth/flip"] == 1.0
+    assert "occ/miou" in results and "occ/miou_sum17" not in results  # the clean protocol: Occ3D's own mIoU
+    assert results["depth/num_images"] == 12 and results["occ/num_samples"] == 2
+    assert results["novel_depth/num_images"] > 0 and results["novel_depth_baseline/num_images"] == results[
+        "novel_depth/num_images"]
+    assert any(k.startswith("novel_depth/bin_") for k in results)
+    for line in ("Occupancy [occ] protocol occ3d", "Depth [depth]: 12 images", "Novel depth [novel_depth]",
+                 "Novel depth [novel_depth_baseline]", "flat ground", "evaluated 2 keyframes"):
+        assert line in result.stdout, line
+    assert "selfocc eval" in result.stderr and "2/2" in result.stderr  # tqdm progress bar
+
