@@ -17,6 +17,7 @@ in the viewer's control tab, and finds its `ViewerControl`, whose `_setup` hands
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -158,6 +159,7 @@ class OccupancyViewer(nn.Module):
         self._viewer = None
         self._world: Optional[ViewerWorld] = None
         self._posed_clients: set = set()
+        self._pose_lock = threading.Lock()
         self._drawn_key: Optional[tuple] = None
         self.render_log: List[Tuple[int, int, float]] = []
         """(height, width, seconds) of the latest renders (kept short), for measurements."""
@@ -346,11 +348,21 @@ class OccupancyViewer(nn.Module):
 
     # -- views ---------------------------------------------------------------------------------------
     def _on_client(self, client) -> None:
-        @client.camera.on_update
-        def _first_camera_update(_) -> None:
-            if client.client_id not in self._posed_clients:
+        """A new browser tab starts behind the ego: as soon as its camera is known (now, or at its first report)."""
+
+        def pose_once(_=None) -> None:
+            with self._pose_lock:
+                if client.client_id in self._posed_clients:
+                    return
                 self._posed_clients.add(client.client_id)
-                self.view_from_behind([client])
+            self.view_from_behind([client])
+
+        client.camera.on_update(pose_once)
+        try:
+            client.camera.position  # the tab connected before the viewer was ready and has reported already
+        except AssertionError:
+            return
+        pose_once()
 
     def view_from_behind(self, clients=None) -> None:
         """Put the browsers' cameras behind and above the ego vehicle of the selected sample."""

@@ -352,3 +352,59 @@ def test_model_without_viewer_renders_black(pipeline):
     model = SimpleNamespace()
     outputs = render_viewer_camera(model, pinhole(np.eye(4), height=8, width=10))
     assert outputs["rgb"].shape == (8, 10, 3) and float(outputs["rgb"].abs().sum()) == 0.0
+
+
+class FakeCamera:
+    """A viser camera handle: the position is unknown until the browser reports it."""
+
+    def __init__(self, known: bool):
+        self.known, self.callbacks, self.sent = known, [], {}
+
+    @property
+    def position(self):
+        if not self.known:
+            raise AssertionError("camera not reported yet")
+        return np.zeros(3)
+
+    @position.setter
+    def position(self, value):
+        self.sent["position"] = np.asarray(value)
+
+    def _record(key):
+        return property(lambda self: np.zeros(3), lambda self, value: self.sent.__setitem__(key, np.asarray(value)))
+
+    look_at = _record("look_at")
+    up_direction = _record("up")
+
+    def on_update(self, callback):
+        self.callbacks.append(callback)
+
+
+def test_new_browser_tabs_start_behind_and_above_the_ego(pipeline):
+    import contextlib
+
+    from selfocc_ns.viewer import attach_viewer
+
+    viewer = attach_viewer(pipeline)
+    viewer.control._setup(fake_viewer())
+    ego2global, world = viewer.sample.frame.ref_ego2global, viewer.world()
+    early = SimpleNamespace(client_id=1, camera=FakeCamera(known=True), atomic=contextlib.nullcontext)
+    late = SimpleNamespace(client_id=2, camera=FakeCamera(known=False), atomic=contextlib.nullcontext)
+    viewer._on_client(early)
+    viewer._on_client(late)
+    assert "position" in early.camera.sent and not late.camera.sent  # posed now / when its camera is known
+    late.camera.known = True
+    late.camera.callbacks[0](late.camera)
+    for client in (early, late):
+        sent = client.camera.sent
+        global_from_viser = np.linalg.inv(np.vstack([world.transform, [0, 0, 0, 1]]))
+        to_ego = np.linalg.inv(ego2global) @ global_from_viser
+        position_ego = (to_ego @ np.append(sent["position"] / world.viser_units_per_metre, 1.0))[:3]
+        look_at_ego = (to_ego @ np.append(sent["look_at"] / world.viser_units_per_metre, 1.0))[:3]
+        np.testing.assert_allclose(position_ego, viewer.settings.initial_position_m, atol=1e-6)
+        np.testing.assert_allclose(look_at_ego, viewer.settings.initial_look_at_m, atol=1e-6)
+        assert position_ego[0] < 0 and position_ego[2] > 5  # behind and above
+        np.testing.assert_allclose(sent["up"], world.transform[:, :3] @ ego2global[:3, 2], atol=1e-9)
+    late.camera.sent.clear()
+    late.camera.callbacks[0](late.camera)
+    assert not late.camera.sent  # only the first report poses the camera
