@@ -220,7 +220,8 @@ def test_viewer_in_headless_chromium(page, viewer_server):
 
     # SelfOcc's controls, installed by nerfstudio from pipeline.selfocc
     page.get_by_label("Predicted occupancy", exact=True).wait_for(state="attached", timeout=180_000)
-    for label in ("Scene", "Keyframe", "Ground-truth occupancy", "LiDAR points", "Camera frustums", "car", "vegetation"):
+    labels = ("Scene", "Keyframe", "Ground-truth occupancy", "LiDAR points", "Camera frustums", "car", "vegetation")
+    for label in labels:
         assert page.get_by_label(label, exact=True).count() == 1, f"control {label!r} missing"
     assert page.get_by_text("SDF threshold (m)", exact=True).count() == 1
     assert page.get_by_role("button", name="View from behind the ego").count() == 1
@@ -247,7 +248,7 @@ def test_viewer_in_headless_chromium(page, viewer_server):
     switched = wait_for_still_render(page, canvas, max_res)
     paths.append(save(switched, "2_other_keyframe.png"))
     mean, changed = difference(initial, switched)
-    assert mean > 2.0 and changed > 0.02, f"switching {before!r} -> {target!r} changed little ({mean:.2f}, {changed:.3f})"
+    assert mean > 2.0 and changed > 0.02, f"{before!r} -> {target!r} changed little ({mean:.2f}, {changed:.3f})"
 
     # the predicted occupancy layer off, then on again
     occupancy = page.get_by_label("Predicted occupancy", exact=True)
@@ -264,6 +265,6 @@ def test_viewer_in_headless_chromium(page, viewer_server):
     on_mean, _ = difference(switched, shown)
     print(f"canvas changes (mean grey levels, fraction of pixels > 30): sample switch {mean:.1f}, {changed:.2f}; "
           f"occupancy off {off_mean:.1f}, {off_changed:.2f}; on again vs before {on_mean:.2f}")
-    assert off_mean > 5.0 and off_changed > 0.05, f"hiding the occupancy changed little ({off_mean:.2f}, {off_changed:.3f})"
+    assert off_mean > 5.0 and off_changed > 0.05, f"hiding occupancy changed little ({off_mean:.2f}, {off_changed:.3f})"
     assert on_mean < off_mean / 3, f"showing it again did not restore the view ({on_mean:.2f} vs {off_mean:.2f})"
     assert "Traceback" not in log.read_text(errors="replace"), log_tail(log)
