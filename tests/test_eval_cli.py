@@ -51,22 +51,22 @@ def test_selfocc_eval_cli_flags_table_progress_and_json(tiny_run, tmp_path):
     out = tmp_path / "eval.json"
     result = run_command(
         ["selfocc-eval", "--load-config", str(tiny_run), "--task", "depth", "novel-depth", "occupancy",
-         "--protocol", "occ3d", "--threshold", "0.1", "--flip", "--max-samples", "2", "--split", "val",
+         "--protocol", "occ3d", "--threshold", "0.1", "--flip", "--max-samples", "1", "--split", "val",
          "--output-path", str(out)],
         cwd=training_dir(tiny_run),
     )
     report = json.loads(out.read_text())
-    assert report["split"] == "mini_val" and report["num_samples"] == 2 and report["step"] == 5
+    assert report["split"] == "mini_val" and report["num_samples"] == 1 and report["step"] == 5
     assert report["protocol"] == {"occupancy": "occ3d", "threshold_m": 0.1, "depth_flip": True, "lattice_fraction": 0.5}
     results = report["results"]
     assert results["occ/protocol"] == "occ3d" and results["occ/threshold_m"] == 0.1 and results["depth/flip"] == 1.0
     assert "occ/miou" in results and "occ/miou_sum17" not in results  # the clean protocol: Occ3D's own mIoU
-    assert results["depth/num_images"] == 12 and results["occ/num_samples"] == 2
+    assert results["depth/num_images"] == 6 and results["occ/num_samples"] == 1
     assert results["novel_depth/num_images"] > 0 and results["novel_depth_baseline/num_images"] == results[
         "novel_depth/num_images"]
     assert any(k.startswith("novel_depth/bin_") for k in results)
-    for line in ("Occupancy [occ] protocol occ3d", "Depth [depth]: 12 images", "Novel depth [novel_depth]",
-                 "Novel depth [novel_depth_baseline]", "flat ground", "evaluated 2 keyframes"):
+    for line in ("Occupancy [occ] protocol occ3d", "Depth [depth]: 6 images", "Novel depth [novel_depth]",
+                 "Novel depth [novel_depth_baseline]", "flat ground", "evaluated 1 keyframes"):
         assert line in result.stdout, line
-    assert "selfocc eval" in result.stderr and "2/2" in result.stderr  # tqdm progress bar
+    assert "selfocc eval" in result.stderr and "1/1" in result.stderr  # tqdm progress bar
 
