@@ -321,8 +321,9 @@ class OccupancyViewer(nn.Module):
         sample = self._sample
         if sample is None:
             return
+        training = getattr(self._viewer, "trainer", None) is not None
         self.status.value = (f"{sample.frame.scene_name} #{self._catalogue.locate(sample.index)[1]}: encoded in "
-                             f"{sample.encode_s:.2f} s (step {sample.encoded_at_step})")
+                             f"{sample.encode_s:.2f} s" + (f" (step {sample.encoded_at_step})" if training else ""))
         if self._layers is None:
             return
         self._layers.place(sample.frame.ref_ego2global)

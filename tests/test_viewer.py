@@ -408,3 +408,19 @@ def test_new_browser_tabs_start_behind_and_above_the_ego(pipeline):
     late.camera.sent.clear()
     late.camera.callbacks[0](late.camera)
     assert not late.camera.sent  # only the first report poses the camera
+
+
+def test_training_viewer_refreshes_the_cached_grid_every_n_steps(pipeline):
+    from selfocc_ns.viewer import ViewerSettings, attach_viewer
+
+    viewer = attach_viewer(pipeline, ViewerSettings(refresh_every_steps=10))
+    training = fake_viewer()
+    training.trainer = object()
+    viewer.control._setup(training)
+    first = viewer.sample
+    training.step = 9
+    assert viewer.ensure_sample() is first
+    training.step = 10
+    refreshed = viewer.ensure_sample()
+    assert refreshed is not first and refreshed.index == first.index and refreshed.encoded_at_step == 10
+    torch.testing.assert_close(refreshed.grid.values, first.grid.values)  # same weights: same field

