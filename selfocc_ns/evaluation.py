@@ -139,8 +139,11 @@ def mirror_batch(batch: SelfOccBatch, camera_names: Sequence[str]) -> SelfOccBat
 
 def depth_only_grid(grid: FieldGrid) -> FieldGrid:
     """The same field with only its SDF channel: rendering it gives the same depth, reading 1 channel
-    (plus the 3 gradient channels) per sample instead of 1 + 3 + 18."""
-    return FieldGrid(grid.values[:, :1], grid.range_m, 0, 0, grid.rgb_activation, grid._gradient)
+    (plus the 3 gradient channels) per sample instead of 1 + 3 + 18.
+
+    The finite-difference gradient grid is computed once on `grid` (and cached there) and shared.
+    """
+    return FieldGrid(grid.values[:, :1], grid.range_m, 0, 0, grid.rgb_activation, grid.sdf_gradient())
 
 
 def predict_occupancy(
@@ -272,9 +275,12 @@ class Evaluator:
     def _novel_depth(self, batch: SelfOccBatch, grid: FieldGrid) -> None:
         baseline_m = self.options.baseline_depth_m
         for b, views in enumerate(batch.novel or []):
+            item = grid.select(b)
+            if self.options.depth_only_render and isinstance(item, FieldGrid):
+                item = depth_only_grid(item)  # once per keyframe: the gradient grid is shared by its views
             for v in range(views.cam2ego.shape[0]):
                 k, pose = views.intrinsics[v][None], views.cam2ego[v][None]
-                depth = self._render_depth(grid.select(b), k, pose, views.image_hw)[0]
+                depth = self._render_depth(item, k, pose, views.image_hw)[0]
                 distance_m = float(views.distance_m[v])
                 for c, name in enumerate(self.camera_names):
                     pred, gt = lidar_depth_pairs(depth[c], views.lidar_points[v], pose[0, c], k[0, c], views.image_hw,
