@@ -21,7 +21,7 @@ from selfocc_ns.model.rays import eval_lattice_hw, fixed_lattice_px
 OVERFIT_STEPS = 60
 
 
-def tiny_trainer(world: Path, output_dir: Path, **overrides):
+def tiny_trainer(world: Path, output_dir: Path, world_size: int = 1, local_rank: int = 0, **overrides):
     """An in-process selfocc-tiny trainer on the world, set up (model, optimizers, data)."""
     config = tiny.trainer_config()
     config.pipeline.datamanager.dataparser = SelfOccNuScenesDataParserConfig(data_dir=world)
@@ -39,7 +39,7 @@ def tiny_trainer(world: Path, output_dir: Path, **overrides):
         setattr(target, leaf, value)
     config.pipeline.model.sync()
     config.set_timestamp()
-    trainer = config.setup(local_rank=0, world_size=1)
+    trainer = config.setup(local_rank=local_rank, world_size=world_size)
     trainer.setup()
     return trainer
 
