@@ -107,7 +107,6 @@ class SelfOccModel(Model):
             raise ValueError("rgb_loss_weight > 0 needs the colour head (field.use_rgb)")
         if self.config.semantic_loss_weight > 0 and self.config.field.num_semantic_classes == 0:
             raise ValueError("semantic_loss_weight > 0 needs the semantic head (field.num_semantic_classes)")
-        self.viewer_grid: Optional[FieldGrid] = None
 
     @property
     def uses_semantics(self) -> bool:
