@@ -73,6 +73,9 @@ class SelfOccFieldConfig(FieldConfig):
     sdf_output_scale_m: float = 1.0
     """The decoded SDF channel is multiplied by this (metres per unit of network output; official 1). Larger
     values let short runs move surfaces by metres (Adam's steps are scale-free in the output)."""
+    prior_zero_init: bool = True
+    """With a prior, zero-initialise the SDF output row so the untrained field IS the prior. False keeps the
+    random initial residual (the official field's behaviour) on top of the prior."""
     sdf_prior: SdfPrior = "none"
     """Analytic SDF added to the decoded SDF: none, ground plane, or ground plane + cylinder wall."""
     ground_z_m: float = 0.0
@@ -109,7 +112,7 @@ class SelfOccField(Field):
             nn.Softplus(),
             nn.Linear(config.hidden_dim, out_dim),
         )
-        if config.sdf_prior != "none":
+        if config.sdf_prior != "none" and config.prior_zero_init:
             # The untrained field IS the prior: the SDF row starts at zero (its gradient is not zero,
             # because the hidden features are not), so training learns a residual on top of the prior.
             with torch.no_grad():
