@@ -40,6 +40,7 @@ from selfocc_ns.metrics import (
     query_points,
     sample_depth_at_points,
 )
+from selfocc_ns.metrics.distributed import all_reduce_sum
 from selfocc_ns.model.field_grid import FieldGrid, query_field
 
 EvalTask = Literal["depth", "novel-depth", "occupancy"]
@@ -320,11 +321,14 @@ class Evaluator:
         if "occupancy" in opts.tasks:
             out.update(self.occ.summary())
             out["occ/threshold_m"] = float(opts.occupancy_threshold)
-        n = max(1, self.samples)
-        out["eval/num_samples"] = float(self.samples)
-        for key, seconds in self.seconds.items():
+        # counts and times summed over ranks, so every rank reports the whole eval split
+        keys = list(self.seconds)
+        totals = all_reduce_sum(torch.tensor([float(self.samples)] + [self.seconds[k] for k in keys], dtype=torch.float64))
+        samples = float(totals[0])
+        out["eval/num_samples"] = samples
+        for key, seconds in zip(keys, totals[1:].tolist()):
             if seconds > 0:
-                out[f"eval/seconds_per_sample/{key}"] = seconds / n
+                out[f"eval/seconds_per_sample/{key}"] = seconds / max(1.0, samples)
         return out
 
 

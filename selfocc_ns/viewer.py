@@ -180,6 +180,8 @@ class OccupancyViewer(nn.Module):
         self.show_cameras = self._layer_checkbox("Camera frustums", "cameras")
         self.shown_classes = ClassToggles(self.update_voxels)
         self.status = ViewerText("Sample", "not encoded yet", disabled=True)
+        self.occupied = ViewerText("Occupied voxels", "-", disabled=True,
+                                   hint="Predicted occupied voxels drawn at this threshold (raise it if none)")
         self.view_behind_ego = ViewerButton("View from behind the ego", cb_hook=lambda _: self.view_from_behind())
         self.control = OccupancyViewerControl(self)
 
@@ -343,7 +345,9 @@ class OccupancyViewer(nn.Module):
         if key == self._drawn_key:
             return
         self._drawn_key = key
-        layers.set_points("occupancy", predicted_layer(sample.voxels, key[1], shown), OCC3D_VOXEL_M)
+        predicted = predicted_layer(sample.voxels, key[1], shown)
+        layers.set_points("occupancy", predicted, OCC3D_VOXEL_M)
+        self.occupied.value = f"{len(predicted.points_m)} at SDF <= {key[1]:.2f} m"
         if sample.gt_classes is not None:
             layers.set_points("ground_truth", voxel_layer(sample.gt_classes, shown), OCC3D_VOXEL_M)
 

@@ -6,7 +6,7 @@ ego frame in viser's coordinates (`ViewerWorld.viser_from_global`); every child 
 `ViewerWorld.viser_units_per_metre`, so the layers line up with the rendered view and keep float precision.
 
 Voxels are drawn as square points one voxel (0.4 m) wide at the Occ3D voxel centres, and only where they
-are visible: an occupied voxel with at least one free 6-neighbour (outside the grid counts as occupied).
+are visible: an occupied voxel with at least one free 6-neighbour (outside the grid: free at the sides and on top).
 Predicted occupancy is the field's SDF at the voxel centres (Occ3D's own points, the clean protocol of
 `selfocc_ns.metrics.occupancy`, no crops) <= threshold, class = argmax over 1..16 of the semantic logits.
 """
@@ -86,8 +86,13 @@ def field_at_voxels(grid: FieldGrid) -> VoxelField:
 
 
 def visible_surface(occupied: Bool[Tensor, "X Y Z"]) -> Bool[Tensor, "X Y Z"]:
-    """Occupied voxels with at least one free 6-neighbour (voxels outside the grid count as occupied)."""
-    padded = torch.nn.functional.pad(occupied[None, None].float(), (1, 1, 1, 1, 1, 1), value=1.0)[0, 0] > 0.5
+    """Occupied voxels with at least one free 6-neighbour.
+
+    Outside the grid counts as free at the sides and on top (a fully occupied grid shows its outer shell,
+    as a viewer from above sees it) and as occupied below (the underside is never drawn).
+    """
+    padded = torch.nn.functional.pad(occupied[None, None].float(), (1, 1, 1, 1, 1, 1), value=0.0)[0, 0] > 0.5
+    padded[:, :, 0] = True
     centre = padded[1:-1, 1:-1, 1:-1]
     free_neighbour = torch.zeros_like(centre)
     for axis in range(3):

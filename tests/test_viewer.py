@@ -123,11 +123,14 @@ def test_visible_surface_of_known_solids():
     cube = torch.zeros(6, 6, 6, dtype=torch.bool)
     cube[1:5, 1:5, 1:5] = True
     assert int(visible_surface(cube).sum()) == 4**3 - 2**3
-    assert int(visible_surface(torch.ones(6, 6, 6, dtype=torch.bool)).sum()) == 0  # outside counts as occupied
+    # a full grid: its shell without the underside (outside is free at the sides and on top, occupied below)
+    full = visible_surface(torch.ones(6, 6, 6, dtype=torch.bool))
+    assert int(full.sum()) == 6**3 - 4 * 4 * 5 and not bool(full[1:5, 1:5, :5].any())
     slab = torch.zeros(6, 6, 6, dtype=torch.bool)
     slab[:, :, :2] = True
     surface = visible_surface(slab)
-    assert int(surface.sum()) == 36 and bool(surface[:, :, 1].all())  # only the top layer
+    # the top layer, plus the bottom layer only on the grid's border ring
+    assert int(surface.sum()) == 36 + 20 and bool(surface[:, :, 1].all()) and not bool(surface[1:5, 1:5, 0].any())
 
 
 def test_voxel_layer_positions_colours_and_class_filter():
@@ -144,15 +147,17 @@ def test_voxel_layer_positions_colours_and_class_filter():
 
 def test_predicted_layer_follows_the_threshold():
     """A ground-plane SDF (z): voxel centres at z = -0.8, -0.4, 0.0, ... are occupied up to the threshold;
-    only the top occupied layer is visible."""
+    inside the grid only the top occupied layer is visible, on its border ring (796 columns) every layer."""
     from selfocc_ns.metrics.occupancy import clean_query_points
 
     sdf = clean_query_points()[..., 2]
     field = VoxelField(sdf, torch.full(OCC3D_SHAPE, 11, dtype=torch.long))
     low, high = predicted_layer(field, -0.2), predicted_layer(field, 0.2)
-    assert len(low.points_m) == len(high.points_m) == 200 * 200
-    np.testing.assert_allclose(np.unique(low.points_m[:, 2]), [-0.4], atol=1e-5)
-    np.testing.assert_allclose(np.unique(high.points_m[:, 2]), [0.0], atol=1e-5)
+    assert len(low.points_m) == 200 * 200 + 796 and len(high.points_m) == 200 * 200 + 2 * 796
+    for layer, top_z_m in ((low, -0.4), (high, 0.0)):
+        inner = np.abs(layer.points_m[:, :2]).max(axis=1) < 39.7
+        assert inner.sum() == 198 * 198
+        np.testing.assert_allclose(np.unique(layer.points_m[inner, 2]), [top_z_m], atol=1e-5)
     assert set(high.classes.tolist()) == {11}
     assert len(predicted_layer(field, -1.5).points_m) == 0
 

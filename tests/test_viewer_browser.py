@@ -207,6 +207,22 @@ def status_value(page) -> str:
     return page.locator('input[disabled][value*="encoded in"]').first.input_value()
 
 
+def occupied_value(page) -> tuple:
+    """(voxel count, threshold in m) of the viewer's read-only 'Occupied voxels' line ('1234 at SDF <= 0.00 m')."""
+    text = page.locator('input[disabled][value*="at SDF <="]').first.input_value()
+    match = re.match(r"(\d+) at SDF <= (-?[\d.]+) m", text)
+    assert match, f"unexpected 'Occupied voxels' line {text!r}"
+    return int(match.group(1)), float(match.group(2))
+
+
+def wait_for(condition, what: str, timeout_s: float = RENDER_TIMEOUT_S) -> None:
+    deadline = time.time() + timeout_s
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
 # -- the test --------------------------------------------------------------------------------------------
 
 
@@ -257,20 +273,33 @@ def test_viewer_in_headless_chromium(page, viewer_server):
     # wait_for_still_render) and re-showing a layer restores the pixels exactly (checked below).
     assert mean > 1.0 and changed > 0.01, f"{before!r} -> {target!r} changed little ({mean:.2f}, {changed:.3f})"
 
+    # the SDF threshold slider to its maximum (+1 m): more voxels count as occupied, so some are drawn even
+    # when a 6-step model of the official random initialisation predicts almost nothing at the default 0 m.
+    # (The count is of drawn, i.e. visible, voxels, which need not grow with the threshold.)
+    default_count, default_threshold_m = occupied_value(page)
+    assert default_threshold_m == 0.0
+    page.locator('[role=slider][aria-valuemin="-1"][aria-valuemax="1"]').first.press("End")
+    wait_for(lambda: occupied_value(page)[1] == 1.0, "the SDF threshold to reach 1.00 m")
+    raised_count, _ = occupied_value(page)
+    assert raised_count > 0, f"no voxel drawn at SDF <= 1 m ({default_count} at 0 m)"
+    raised = wait_for_still_render(page, canvas, max_res)
+    paths.append(save(raised, "3_threshold_1m.png"))
+
     # the predicted occupancy layer off, then on again
     occupancy = page.get_by_label("Predicted occupancy", exact=True)
     occupancy.uncheck()
     hidden = wait_for_still_render(page, canvas, max_res)
-    paths.append(save(hidden, "3_occupancy_off.png"))
+    paths.append(save(hidden, "4_occupancy_off.png"))
     occupancy.check()
     shown = wait_for_still_render(page, canvas, max_res)
-    paths.append(save(shown, "4_occupancy_on.png"))
-    page.screenshot(path=str(ARTIFACTS / "5_page.png"))
-    print("viewer screenshots:", ", ".join(str(p) for p in paths), "and", ARTIFACTS / "5_page.png")
+    paths.append(save(shown, "5_occupancy_on.png"))
+    page.screenshot(path=str(ARTIFACTS / "6_page.png"))
+    print("viewer screenshots:", ", ".join(str(p) for p in paths), "and", ARTIFACTS / "6_page.png")
 
-    off_mean, off_changed = difference(switched, hidden)
-    on_mean, _ = difference(switched, shown)
-    print(f"canvas changes (mean grey levels, fraction of pixels > 30): sample switch {mean:.1f}, {changed:.2f}; "
+    off_mean, off_changed = difference(raised, hidden)
+    on_mean, _ = difference(raised, shown)
+    print(f"occupied voxels {default_count} at 0 m, {raised_count} at 1 m; canvas changes (mean grey levels, "
+          f"fraction of pixels > 30): sample switch {mean:.1f}, {changed:.2f}; "
           f"occupancy off {off_mean:.1f}, {off_changed:.2f}; on again vs before {on_mean:.2f}")
     assert off_mean > 5.0 and off_changed > 0.05, f"hiding occupancy changed little ({off_mean:.2f}, {off_changed:.3f})"
     assert on_mean < off_mean / 3, f"showing it again did not restore the view ({on_mean:.2f} vs {off_mean:.2f})"
