@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import run_command
 from PIL import Image
 
@@ -70,3 +72,15 @@ def test_selfocc_eval_cli_flags_table_progress_and_json(tiny_run, tmp_path):
         assert line in result.stdout, line
     assert "selfocc eval" in result.stderr and "1/1" in result.stderr  # tqdm progress bar
 
+
+
+def test_selfocc_eval_load_step_picks_that_checkpoint(tiny_run, tmp_path):
+    from selfocc_ns.scripts.eval import load_pipeline
+
+    out = tmp_path / "step3.json"
+    run_command(["selfocc-eval", "--load-config", str(tiny_run), "--load-step", "3", "--max-samples", "1",
+                 "--lattice-fraction", "0.25", "--output-path", str(out)], cwd=training_dir(tiny_run))
+    report = json.loads(out.read_text())
+    assert report["step"] == 3 and report["checkpoint"].endswith("step-000000003.ckpt")
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 4: .*found: step-000000003.ckpt, step-000000005.ckpt"):
+        load_pipeline(tiny_run, load_step=4, max_workers=0)

@@ -28,12 +28,14 @@ def load_pipeline(
     gts_dir: Optional[Path] = None,
     novel_views: bool = False,
     max_workers: int = 2,
+    load_step: Optional[int] = None,
 ):
     """(config, pipeline, checkpoint path, step) of a training run, set up like `ns-eval` does.
 
     `split` 'val' is what ns-eval evaluates (nerfstudio's "test" split, mapped to the official val scenes);
     'train' evaluates the training keyframes instead. `data_dir` / `gts_dir` point the dataparser at
-    another nuScenes root / Occ3D gts folder; `novel_views` loads the neighbour frames for novel depth.
+    another nuScenes root / Occ3D gts folder; `novel_views` loads the neighbour frames for novel depth;
+    `load_step` picks the checkpoint of that step instead of the latest.
     """
     from nerfstudio.utils.eval_utils import eval_setup
 
@@ -46,6 +48,12 @@ def load_pipeline(
         if novel_views:
             config.pipeline.datamanager.eval_novel_views = True
         config.pipeline.datamanager.num_workers = min(config.pipeline.datamanager.num_workers, max_workers)
+        if load_step is not None:
+            checkpoint = config.get_checkpoint_dir() / f"step-{load_step:09d}.ckpt"
+            if not checkpoint.is_file():
+                found = sorted(p.name for p in config.get_checkpoint_dir().glob("step-*.ckpt"))
+                raise FileNotFoundError(f"no checkpoint of step {load_step}: {checkpoint} (found: {', '.join(found)})")
+            config.load_step = load_step
         return config
 
     config, pipeline, checkpoint, step = eval_setup(Path(load_config), test_mode="test",
@@ -84,6 +92,8 @@ class SelfOccEval:
     """Evaluate on another nuScenes root than the one the run trained on."""
     gts_dir: Optional[Path] = None
     """Score occupancy against another Occ3D gts folder (<gts-dir>/<scene>/<sample_token>/labels.npz)."""
+    load_step: Optional[int] = None
+    """Evaluate the checkpoint of this step (default: the latest)."""
     output_path: Optional[Path] = None
     """Write the JSON report here."""
     render_output_path: Optional[Path] = None
@@ -94,7 +104,8 @@ class SelfOccEval:
         from selfocc_ns.metrics import format_table
 
         config, pipeline, checkpoint, step = load_pipeline(
-            self.load_config, self.split, self.data_dir, self.gts_dir, novel_views="novel-depth" in self.task
+            self.load_config, self.split, self.data_dir, self.gts_dir, novel_views="novel-depth" in self.task,
+            load_step=self.load_step,
         )
         pipeline.config.baseline = self.baseline
         options = pipeline.eval_options(

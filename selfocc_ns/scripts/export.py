@@ -168,6 +168,8 @@ class SelfOccExport:
     """Export from another nuScenes root than the one the run trained on."""
     gts_dir: Optional[Path] = None
     """Occ3D gts to copy masks from and score against (default: the run's)."""
+    load_step: Optional[int] = None
+    """Export with the checkpoint of this step (default: the latest)."""
 
     def main(self) -> Dict[str, Any]:
         from tqdm import tqdm
@@ -176,7 +178,8 @@ class SelfOccExport:
         from selfocc_ns.metrics import OccupancyMetricAccumulator
         from selfocc_ns.scripts.eval import load_pipeline
 
-        config, pipeline, checkpoint, step = load_pipeline(self.load_config, self.split, self.data_dir, self.gts_dir)
+        config, pipeline, checkpoint, step = load_pipeline(self.load_config, self.split, self.data_dir, self.gts_dir,
+                                                            load_step=self.load_step)
         dm, model = pipeline.datamanager, pipeline.model
         index = dm.eval_index
         indices = select_indices(index, self.samples)
