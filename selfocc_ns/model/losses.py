@@ -191,6 +191,18 @@ def semantic_ce_loss(
     return -(picked[valid]).mean()
 
 
+def sky_free_space_loss(accumulation: Float[Tensor, "B N h w 1"], labels: Int[Tensor, "B N h w"], sky_id: int) -> Tensor:
+    """Mean accumulated opacity of the rays whose 2D label is sky: such rays should leave the scene box unhit.
+
+    Not in the official code (there the sky is one more rendered class, so the field builds a sky surface
+    inside the box, and the occupancy eval crops the top of the box). 0 (attached) when no ray is sky.
+    """
+    sky = labels == sky_id
+    if not sky.any():
+        return accumulation.sum() * 0.0
+    return accumulation[..., 0][sky].mean()
+
+
 def soft_sparsity_loss(sdf: Tensor) -> Tensor:
     """mean relu(-sdf) over the given SDF values (official SoftSparsityLoss, BEV preset weight 0.001).
 

@@ -19,6 +19,7 @@ from nerfstudio.models.base_model import Model, ModelConfig
 from torch import Tensor
 
 from selfocc_ns.data.batch import SelfOccBatch
+from selfocc_ns.data.occ3d import IGNORE_ID, SKY_ID
 from selfocc_ns.model import losses
 from selfocc_ns.model.backbone import ImageEncoderConfig
 from selfocc_ns.model.field import SelfOccFieldConfig
@@ -66,6 +67,9 @@ class SelfOccModelConfig(ModelConfig):
     """Cross-entropy of volume-rendered class probabilities vs 2D labels (official 0.1; needs labels)."""
     sparsity_loss_weight: float = 0.0
     """Soft sparsity of the SDF grid (official 0.001 for the BEV variant)."""
+    sky_free_loss_weight: float = 0.0
+    """Not official (0): push the opacity of rays labelled sky (2D labels) to 0, so the sky is no surface in
+    the box; sky labels then leave the semantic loss. Needs 2D labels."""
     seed: int = 42
     """Seed of the per-step ray lattices, jitter and background colours (with step and rank)."""
 
@@ -110,7 +114,8 @@ class SelfOccModel(Model):
 
     @property
     def uses_semantics(self) -> bool:
-        return self.config.semantic_loss_weight > 0
+        """Whether training needs the 2D labels (semantic loss or the sky free-space loss)."""
+        return self.config.semantic_loss_weight > 0 or self.config.sky_free_loss_weight > 0
 
     def get_param_groups(self) -> Dict[str, List[torch.nn.Parameter]]:
         """'backbone' (official lr x0.1) and 'model' (neck, lifting, field, NeuS sharpness)."""
@@ -196,10 +201,19 @@ class SelfOccModel(Model):
             loss_dict["hessian_loss"] = cfg.hessian_loss_weight * losses.hessian_loss(grid.sdf_hessian())
         if cfg.smoothness_loss_weight > 0:
             loss_dict["smoothness_loss"] = cfg.smoothness_loss_weight * losses.edge_aware_smoothness(render.depth, target)
-        if cfg.semantic_loss_weight > 0:
+        labels = None
+        if cfg.semantic_loss_weight > 0 or cfg.sky_free_loss_weight > 0:
             if batch.semantics is None:
-                raise ValueError("semantic_loss_weight > 0 but the batch has no 2D labels (datamanager.use_semantics)")
+                raise ValueError("semantic_loss_weight or sky_free_loss_weight > 0 but the batch has no 2D labels "
+                                 "(datamanager.use_semantics)")
             labels = lattice_labels(batch.semantics, outputs["lattice_px"])
+        if cfg.sky_free_loss_weight > 0:
+            assert labels is not None
+            loss_dict["sky_free_loss"] = cfg.sky_free_loss_weight * losses.sky_free_space_loss(
+                render.accumulation, labels, SKY_ID)
+            labels = torch.where(labels == SKY_ID, torch.full_like(labels, IGNORE_ID), labels)
+        if cfg.semantic_loss_weight > 0:
+            assert labels is not None
             loss_dict["semantic_loss"] = cfg.semantic_loss_weight * losses.semantic_ce_loss(render.semantics, labels)
         if cfg.sparsity_loss_weight > 0:
             loss_dict["sparsity_loss"] = cfg.sparsity_loss_weight * losses.soft_sparsity_loss(grid.sdf)

@@ -15,6 +15,7 @@ from selfocc_ns.model.losses import (
     reprojection_loss,
     rgb_loss,
     semantic_ce_loss,
+    sky_free_space_loss,
     soft_sparsity_loss,
     ssim,
 )
@@ -201,6 +202,17 @@ def test_eikonal_hessian_sparsity_known_values():
     assert eikonal_loss(doubled, grid).item() == pytest.approx(0.25)  # one mean over all four
     assert hessian_loss(torch.tensor([-1.0, 2.0, 0.0, 1.0])).item() == pytest.approx(1.0)
     assert soft_sparsity_loss(torch.tensor([-1.0, 0.5, -0.25])).item() == pytest.approx(1.25 / 3)
+
+
+def test_sky_free_space_loss_is_the_mean_opacity_of_sky_rays():
+    accumulation = torch.tensor([0.9, 0.2, 0.6, 1.0]).reshape(1, 1, 2, 2, 1).requires_grad_(True)
+    labels = torch.tensor([17, 3, 17, 255]).reshape(1, 1, 2, 2)
+    loss = sky_free_space_loss(accumulation, labels, sky_id=17)
+    assert loss.item() == pytest.approx(0.75)
+    (grad,) = torch.autograd.grad(loss, accumulation)
+    assert grad.flatten().tolist() == pytest.approx([0.5, 0.0, 0.5, 0.0])  # only the sky rays are pushed
+    no_sky = sky_free_space_loss(accumulation, torch.full_like(labels, 3), sky_id=17)
+    assert no_sky.item() == 0.0 and no_sky.requires_grad
 
 
 def test_gradients_flow_from_each_loss_to_what_it_should():
