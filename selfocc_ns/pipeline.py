@@ -106,6 +106,22 @@ class SelfOccPipeline(VanillaPipeline):
         return outputs, loss_dict, metrics_dict
 
     # -- evaluation ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def get_eval_loss_dict(self, step: int):
+        """nerfstudio's 'Eval Loss' (every `steps_per_eval_batch`): the training losses on an eval-split keyframe
+        with training-style anchor/source draws, in eval mode and without gradients."""
+        was_training = self.training
+        self.eval()
+        try:
+            batch, _ = self.datamanager.next_eval(step)
+            batch.info.update(step=step, rank=self.datamanager.rank)
+            outputs = self.model(batch)
+            metrics_dict = self.model.get_metrics_dict(outputs, batch)
+            loss_dict = self.model.get_loss_dict(outputs, batch, metrics_dict)
+        finally:
+            self.train(was_training)
+        return outputs, loss_dict, metrics_dict
+
     def eval_options(self, **overrides) -> EvalOptions:
         cfg = self.config
         options = EvalOptions(
@@ -199,6 +215,7 @@ class SelfOccPipeline(VanillaPipeline):
             self.train(was_training)
         metrics = {k: v for k, v in results.items() if "/CAM_" not in k and not k.endswith("_std")}
         depth = outputs["depth"][0]  # N h w
+        metrics["num_rays"] = float(depth.numel())  # nerfstudio's eval loop reports rays per second from it
         row = torch.cat(list(depth), dim=-1)[..., None]
         images = {"depth": colormaps.apply_depth_colormap(row, near_plane=1.0, far_plane=60.0)}
         return metrics, images

@@ -127,3 +127,23 @@ def test_overfit_one_keyframe_lowers_reprojection_and_depth_error(small_world, t
     print(f"reprojection {loss_before:.4f} -> {loss_after:.4f}; raw abs_rel {abs_rel_before:.3f} -> {abs_rel_after:.3f}")
     assert loss_after <= 0.7 * loss_before
     assert abs_rel_after <= 0.8 * abs_rel_before
+
+
+def test_nerfstudio_eval_iteration_runs_every_eval_kind(small_world, tmp_path):
+    """The trainer's periodic evals (eval loss, one eval image, all eval images), as `ns-train` runs them."""
+    from nerfstudio.utils import writer
+
+    trainer = tiny_trainer(
+        small_world, tmp_path,
+        steps_per_eval_batch=1, steps_per_eval_image=1, steps_per_eval_all_images=1,
+        **{"pipeline.model.renderer.num_samples": 32, "pipeline.eval_max_samples": 1},
+    )
+    trainer.eval_iteration(1)
+    pipeline = trainer.pipeline
+    _, loss_dict, _ = pipeline.get_eval_loss_dict(1)
+    assert {"reprojection_loss", "eikonal_loss", "semantic_loss"} <= set(loss_dict)
+    assert all(torch.isfinite(v) and not v.requires_grad for v in loss_dict.values())
+    metrics, images = pipeline.get_eval_image_metrics_and_images(1)
+    assert metrics["num_rays"] > 0 and 0 < metrics["depth/raw/abs_rel"] < 10 and images["depth"].ndim == 3
+    assert pipeline.training  # back in training mode
+    writer.EVENT_STORAGE.clear()
