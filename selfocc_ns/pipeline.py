@@ -45,7 +45,8 @@ class SelfOccPipelineConfig(VanillaPipelineConfig):
     depth_flip: bool = False
     """Horizontal-flip test-time augmentation for depth (official --flip)."""
     eval_max_samples: Optional[int] = None
-    """Evaluate at most this many eval keyframes (evenly spaced); None = all."""
+    """Eval during training: at most this many eval keyframes (evenly spaced); None = all. (`ns-eval` and
+    `selfocc-eval` evaluate the whole split.)"""
     baseline: bool = True
     """Report the trivial baselines (constant median training depth; flat ground) beside the model."""
 
@@ -190,8 +191,13 @@ class SelfOccPipeline(VanillaPipeline):
         self, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False
     ) -> Dict[str, float]:
         """What `ns-eval` and eval during training call: the configured tasks, a flat dict of floats only
-        (string values such as `occ/protocol: selfocc` become `occ/protocol/selfocc: 1.0`)."""
-        results = self.evaluate(output_path=output_path)
+        (string values such as `occ/protocol: selfocc` become `occ/protocol/selfocc: 1.0`).
+
+        During training (`step` given) at most `eval_max_samples` keyframes; `ns-eval` (no step) evaluates the
+        whole split, as the official protocol does.
+        """
+        indices = None if step is not None else self.eval_indices(len(self.datamanager.eval_index.samples))
+        results = self.evaluate(indices=indices, output_path=output_path)
         CONSOLE.print(f"selfocc eval on {int(results.get('eval/num_samples', 0))} keyframes done")
         numeric = numeric_results(results)
         if not get_std:

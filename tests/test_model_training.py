@@ -146,4 +146,7 @@ def test_nerfstudio_eval_iteration_runs_every_eval_kind(small_world, tmp_path):
     metrics, images = pipeline.get_eval_image_metrics_and_images(1)
     assert metrics["num_rays"] > 0 and 0 < metrics["depth/raw/abs_rel"] < 10 and images["depth"].ndim == 3
     assert pipeline.training  # back in training mode
+    # eval_max_samples caps the evals during training only; ns-eval (no step) scores every val keyframe
+    assert pipeline.get_average_eval_image_metrics(step=1)["eval/num_samples"] == 1.0
+    assert pipeline.get_average_eval_image_metrics()["eval/num_samples"] == len(pipeline.datamanager.eval_index.samples) == 4
     writer.EVENT_STORAGE.clear()

@@ -81,9 +81,9 @@ class SelfOccEval:
     flip: bool = False
     """Horizontal-flip test-time augmentation for depth (official --flip)."""
     max_samples: Optional[int] = None
-    """Evaluate at most this many keyframes (evenly spaced); default: the run's eval_max_samples."""
+    """Evaluate at most this many keyframes (evenly spaced); default: every keyframe of the split."""
     all_samples: bool = False
-    """Evaluate every keyframe of the split (overrides the run's eval_max_samples)."""
+    """Evaluate every keyframe of the split (the default; overrides --max-samples)."""
     lattice_fraction: Optional[float] = None
     """Depth lattice as a fraction of the ray crop (default: the run's, 0.5 = official 450x800)."""
     baseline: bool = True
@@ -115,7 +115,8 @@ class SelfOccEval:
             flip=self.flip,
             lattice_fraction=self.lattice_fraction,
         )
-        max_samples = len(pipeline.datamanager.eval_index.samples) if self.all_samples else self.max_samples
+        total = len(pipeline.datamanager.eval_index.samples)
+        max_samples = total if self.all_samples or self.max_samples is None else self.max_samples
         indices = pipeline.eval_indices(max_samples)
         start = time.perf_counter()
         results = pipeline.evaluate(options, indices=indices, output_path=self.render_output_path, progress=True)
