@@ -10,9 +10,10 @@
 from __future__ import annotations
 
 import typing
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Literal, Optional, Tuple, Type
+from typing import Any, Dict, Iterator, Literal, Optional, Tuple, Type
 
 import torch
 import torch.distributed as dist
@@ -107,20 +108,26 @@ class SelfOccPipeline(VanillaPipeline):
         return outputs, loss_dict, metrics_dict
 
     # -- evaluation ----------------------------------------------------------------------------------
+    @contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        """Eval mode for the block, then back to the mode the pipeline was in (also on errors)."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
+
     @torch.no_grad()
     def get_eval_loss_dict(self, step: int):
         """nerfstudio's 'Eval Loss' (every `steps_per_eval_batch`): the training losses on an eval-split keyframe
         with training-style anchor/source draws, in eval mode and without gradients."""
-        was_training = self.training
-        self.eval()
-        try:
+        with self._eval_mode():
             batch, _ = self.datamanager.next_eval(step)
             batch.info.update(step=step, rank=self.datamanager.rank)
             outputs = self.model(batch)
             metrics_dict = self.model.get_metrics_dict(outputs, batch)
             loss_dict = self.model.get_loss_dict(outputs, batch, metrics_dict)
-        finally:
-            self.train(was_training)
         return outputs, loss_dict, metrics_dict
 
     def eval_options(self, **overrides) -> EvalOptions:
@@ -174,17 +181,13 @@ class SelfOccPipeline(VanillaPipeline):
         indices = self.eval_indices() if indices is None else indices
         if "novel-depth" in options.tasks:
             self.datamanager.config.eval_novel_views = True  # the batches must carry the neighbour frames
-        was_training = self.training
-        self.eval()
-        try:
+        with self._eval_mode():
             evaluator = Evaluator(self.model, options, self.datamanager.eval_index.cameras)
             batches = self.datamanager.iter_eval_batches(indices)
             for n, (batch, outputs) in enumerate(evaluate_batches(evaluator, batches, progress, len(indices))):
                 if output_path is not None:
                     write_eval_images(output_path, batch, outputs, indices[n])
             results = evaluator.results()
-        finally:
-            self.train(was_training)
         return results
 
     def get_average_eval_image_metrics(
@@ -209,16 +212,12 @@ class SelfOccPipeline(VanillaPipeline):
         """One eval keyframe: its depth metrics and the rendered depth images (for tensorboard)."""
         from nerfstudio.utils import colormaps
 
-        was_training = self.training
-        self.eval()
-        try:
+        with self._eval_mode():
             batch, _ = self.datamanager.next_eval_image(step)
             options = self.eval_options(tasks=("depth",))
             evaluator = Evaluator(self.model, options, self.datamanager.eval_index.cameras)
             outputs = evaluator.add(batch)
             results = evaluator.depth.compute()
-        finally:
-            self.train(was_training)
         metrics = {k: v for k, v in results.items() if "/CAM_" not in k and not k.endswith("_std")}
         depth = outputs["depth"][0]  # N h w
         metrics["num_rays"] = float(depth.numel())  # nerfstudio's eval loop reports rays per second from it

@@ -44,6 +44,15 @@ def ns_train_command(world: Path, output_dir: Path, *extra: str, method: str = "
     ]
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a server or a process group the test starts)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run_command(cmd: list, cwd: Path, timeout_s: float = 900) -> "subprocess.CompletedProcess":
     import subprocess
 

@@ -5,7 +5,6 @@ starts the two processes itself, as DESIGN.md section 6 allows.)"""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,13 +12,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import free_port
+
 WORLD_SIZE = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, port: int, world: str, out_dir: str, results) -> None:
@@ -58,7 +53,7 @@ def test_two_gloo_ranks_shard_data_sync_weights_and_reduce_metrics(small_world, 
 
     manager = mp.Manager()
     results = manager.dict()
-    mp.spawn(_worker, args=(_free_port(), str(small_world), str(tmp_path), results), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(_worker, args=(free_port(), str(small_world), str(tmp_path), results), nprocs=WORLD_SIZE, join=True)
     r0, r1 = results[0], results[1]
     # the two ranks trained on different keyframes (4 keyframes, 2 per rank per epoch)
     assert not set(r0["tokens"]) & set(r1["tokens"]), (r0["tokens"], r1["tokens"])

@@ -17,7 +17,6 @@ import io
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -48,12 +49,6 @@ def chromium_executable() -> str:
     if os.environ.get("SELFOCC_REQUIRE_BROWSER"):  # set by .ci/run: in CI the browser test must run
         pytest.fail(reason)
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def log_tail(path: Path, chars: int = 4000) -> str:
@@ -215,12 +210,12 @@ def occupied_value(page) -> tuple:
     return int(match.group(1)), float(match.group(2))
 
 
-def wait_for(condition, what: str, timeout_s: float = RENDER_TIMEOUT_S) -> None:
+def wait_until(condition, timeout_s: float = RENDER_TIMEOUT_S) -> bool:
+    """Poll `condition` every 0.5 s until it holds or `timeout_s` passed; its last value."""
     deadline = time.time() + timeout_s
-    while not condition():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+    while not condition() and time.time() < deadline:
         time.sleep(0.5)
+    return bool(condition())
 
 
 # -- the test --------------------------------------------------------------------------------------------
@@ -261,10 +256,8 @@ def test_viewer_in_headless_chromium(page, viewer_server):
     assert options.count() >= 2, "the keyframe selector lists fewer than two keyframes"
     target = options.nth(options.count() - 1).text_content()
     options.nth(options.count() - 1).click()
-    deadline = time.time() + RENDER_TIMEOUT_S
-    while target not in status_value(page) and time.time() < deadline:
-        time.sleep(0.5)
-    assert target in status_value(page), f"the server did not switch to {target!r} (still {status_value(page)!r})"
+    assert wait_until(lambda: target in status_value(page)), \
+        f"the server did not switch to {target!r} (still {status_value(page)!r})"
     switched = wait_for_still_render(page, canvas, max_res)
     paths.append(save(switched, "2_other_keyframe.png"))
     mean, changed = difference(initial, switched)
@@ -279,7 +272,7 @@ def test_viewer_in_headless_chromium(page, viewer_server):
     default_count, default_threshold_m = occupied_value(page)
     assert default_threshold_m == 0.0
     page.locator('[role=slider][aria-valuemin="-1"][aria-valuemax="1"]').first.press("End")
-    wait_for(lambda: occupied_value(page)[1] == 1.0, "the SDF threshold to reach 1.00 m")
+    assert wait_until(lambda: occupied_value(page)[1] == 1.0), f"the SDF threshold stayed at {occupied_value(page)[1]} m"
     raised_count, _ = occupied_value(page)
     assert raised_count > 0, f"no voxel drawn at SDF <= 1 m ({default_count} at 0 m)"
     raised = wait_for_still_render(page, canvas, max_res)
