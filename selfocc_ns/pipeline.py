@@ -24,7 +24,7 @@ from torch.cuda.amp.grad_scaler import GradScaler
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from selfocc_ns.data.datamanager import SelfOccDataManagerConfig
-from selfocc_ns.evaluation import EvalOptions, Evaluator, evaluate_batches, median_lidar_depth, numeric_results
+from selfocc_ns.eval.runner import EvalOptions, Evaluator, evaluate_batches, median_lidar_depth, numeric_results
 from selfocc_ns.model.selfocc import SelfOccModelConfig
 
 
@@ -86,7 +86,7 @@ class SelfOccPipeline(VanillaPipeline):
         )
         from selfocc_ns.viewer import attach_viewer
 
-        attach_viewer(self)  # `self.selfocc`: viewer controls and layers (no parameters; see selfocc_ns/viewer.py)
+        attach_viewer(self)  # `self.selfocc`: viewer controls and layers (no parameters; see selfocc_ns/viewer/)
         self.world_size = world_size
         if world_size > 1:
             on_cuda = torch.device(device).type == "cuda"
@@ -175,7 +175,7 @@ class SelfOccPipeline(VanillaPipeline):
         progress: bool = False,
     ) -> Dict[str, Any]:
         """Run the eval tasks over the eval split; all ranks must call it (metrics are all-reduced)."""
-        from selfocc_ns.eval_images import write_eval_images
+        from selfocc_ns.eval.images import write_eval_images
 
         options = options or self.eval_options()
         indices = self.eval_indices() if indices is None else indices

@@ -18,7 +18,7 @@ from selfocc_ns.data.frames import neighbours
 from selfocc_ns.data.nuscenes import SelfOccNuScenesDataParserConfig
 from selfocc_ns.data.occ3d import CLASS_ID, FREE_ID, OCC3D_SHAPE, OCC3D_VOXEL_M, voxel_centres_m
 from selfocc_ns.data.synthetic import load_world
-from selfocc_ns.evaluation import (
+from selfocc_ns.eval.runner import (
     EvalOptions,
     Evaluator,
     depth_only_grid,

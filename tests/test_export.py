@@ -14,7 +14,7 @@ from PIL import Image
 from plyfile import PlyData
 
 from selfocc_ns.data.occ3d import FREE_ID, OCC3D_PALETTE, OCC3D_SHAPE, load_labels, voxel_centres_m
-from selfocc_ns.export_io import bev_image
+from selfocc_ns.eval.export_io import bev_image
 from selfocc_ns.metrics import OccupancyMetricAccumulator
 from selfocc_ns.scripts.export import MANIFEST_NAME, SelfOccExport, select_indices
 

@@ -9,7 +9,7 @@ from PIL import Image
 from plyfile import PlyData
 
 from selfocc_ns.data.occ3d import CLASS_ID, FREE_ID, OCC3D_PALETTE, OCC3D_SHAPE, load_labels
-from selfocc_ns.export_io import bev_image, write_bev_png, write_mesh_ply, write_occ3d_npz, write_voxel_ply
+from selfocc_ns.eval.export_io import bev_image, write_bev_png, write_mesh_ply, write_occ3d_npz, write_voxel_ply
 
 CAR, ROAD, TREE = CLASS_ID["car"], CLASS_ID["driveable_surface"], CLASS_ID["vegetation"]
 

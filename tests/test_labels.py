@@ -13,8 +13,8 @@ import tyro
 from PIL import Image
 
 from selfocc_ns.data.occ3d import CLASS_ID, IGNORE_ID, SKY_ID
-from selfocc_ns.label_maps import OPENSEED_PROMPTS, apply_label_map, get_label_map
-from selfocc_ns.labels import LabelsConfig, label_path, load_segmentor, run_labels
+from selfocc_ns.data.label_maps import OPENSEED_PROMPTS, apply_label_map, get_label_map
+from selfocc_ns.scripts.labels import LabelsConfig, label_path, load_segmentor, run_labels
 
 HEIGHT, WIDTH = 8, 12
 CHANNELS = ("CAM_FRONT", "CAM_BACK")
@@ -211,7 +211,7 @@ def test_labels_errors(world):
 
 def test_console_script_help():
     result = subprocess.run(
-        [sys.executable, "-m", "selfocc_ns.labels", "--help"], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "selfocc_ns.scripts.labels", "--help"], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0 and "--include-sweeps" in result.stdout and "--mapping" in result.stdout
 

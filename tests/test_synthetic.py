@@ -408,7 +408,7 @@ def test_scene_names_follow_the_official_mini_splits():
 def test_cli_parses_the_documented_flags(tmp_path):
     import tyro
 
-    from selfocc_ns.data.synthetic.cli import SynthCommand
+    from selfocc_ns.scripts.synth import SynthCommand
 
     cmd = tyro.cli(SynthCommand, args=[str(tmp_path / "w"), "--scenes", "3", "--keyframes", "4", "--sweeps-per-gap",
                                        "0", "--width", "64", "--height", "36", "--seed", "5", "--quiet"])

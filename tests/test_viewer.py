@@ -15,14 +15,14 @@ from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
 from scipy.spatial.transform import Rotation
 
 from selfocc_ns.data.occ3d import FREE_ID, OCC3D_PALETTE, OCC3D_SHAPE
-from selfocc_ns.viewer_render import (
+from selfocc_ns.viewer.render import (
     VISER_NERFSTUDIO_SCALE_RATIO,
     ViewerWorld,
     ego_point_in_nerfstudio,
     move_with_ego,
     viewer_camera_in_ego,
 )
-from selfocc_ns.viewer_scene import VoxelField, predicted_layer, visible_surface, voxel_layer
+from selfocc_ns.viewer.scene import VoxelField, predicted_layer, visible_surface, voxel_layer
 
 # OpenCV camera axes in nuScenes ego axes for a camera looking forward (x right = -y_ego, y down = -z_ego).
 FORWARD_OPENCV = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
@@ -195,8 +195,8 @@ def test_pipeline_carries_the_viewer_elements_and_no_parameters(pipeline):
 def test_dataset_camera_renders_like_the_models_own_depth(pipeline):
     """Train camera -> ego frame of its keyframe == the batch's cam2ego; the viewer render == render_depth."""
     from selfocc_ns.data.dataset import collate_samples
-    from selfocc_ns.viewer_render import render_ego_camera
-    from selfocc_ns.viewer_samples import encode_sample
+    from selfocc_ns.viewer.render import render_ego_camera
+    from selfocc_ns.viewer.samples import encode_sample
 
     dm, model = pipeline.datamanager, pipeline.model
     world = ViewerWorld.from_dataparser_outputs(dm.train_dataparser_outputs)
@@ -224,8 +224,6 @@ def test_dataset_camera_renders_like_the_models_own_depth(pipeline):
 def test_viewer_render_of_an_eval_camera(pipeline):
     """The full viewer path: an eval camera placed in the viewer's (train split's) world, rendered from the
     selected eval sample, gives the model's own render of that camera (distance along the ray, metres)."""
-    from selfocc_ns.viewer import render_viewer_camera
-
     dm, model, viewer = pipeline.datamanager, pipeline.model, pipeline.selfocc
     sample = viewer.select(2)
     train_world = ViewerWorld.from_dataparser_outputs(dm.train_dataparser_outputs)
@@ -237,7 +235,7 @@ def test_viewer_render_of_an_eval_camera(pipeline):
                      width=eval_camera.width, height=eval_camera.height,
                      camera_to_worlds=torch.from_numpy(train_world.nerfstudio_from_global(c2w_global)[:3]).float())
 
-    outputs = render_viewer_camera(model, camera)
+    outputs = model.get_outputs_for_camera(camera)  # through the viewer's hook
     assert {k: tuple(v.shape) for k, v in outputs.items()} == {
         "rgb": (90, 160, 3), "depth": (90, 160, 1), "depth_m": (90, 160, 1), "accumulation": (90, 160, 1),
         "semantics": (90, 160, 3)}
@@ -255,7 +253,7 @@ def test_viewer_render_of_an_eval_camera(pipeline):
 
 
 def test_sample_switching_reencodes_only_on_change(pipeline, monkeypatch):
-    import selfocc_ns.viewer as viewer_module
+    import selfocc_ns.viewer.controls as viewer_module
 
     viewer = pipeline.selfocc
     calls = []
@@ -352,11 +350,15 @@ def test_layers_are_drawn_in_the_ego_frame_and_toggle(pipeline):
 
 
 def test_model_without_viewer_renders_black(pipeline):
-    from selfocc_ns.viewer import render_viewer_camera
-
-    model = SimpleNamespace()
-    outputs = render_viewer_camera(model, pinhole(np.eye(4), height=8, width=10))
+    """Without a camera-render hook the model answers nerfstudio cameras with black images of their size."""
+    model = pipeline.model
+    model.set_camera_render_hook(None)
+    try:
+        outputs = model.get_outputs_for_camera(pinhole(np.eye(4), height=8, width=10))
+    finally:
+        model.set_camera_render_hook(pipeline.selfocc.render)
     assert outputs["rgb"].shape == (8, 10, 3) and float(outputs["rgb"].abs().sum()) == 0.0
+    assert outputs["depth"].shape == (8, 10, 1)
 
 
 class FakeCamera:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
+from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.models.base_model import Model, ModelConfig
 from torch import Tensor
 
@@ -27,6 +28,9 @@ from selfocc_ns.model.field_grid import FieldGrid
 from selfocc_ns.model.renderer import RenderOutputs, SelfOccRendererConfig
 from selfocc_ns.model.rays import eval_lattice_hw, fixed_lattice_px, lattice_colours, lattice_labels
 from selfocc_ns.model.tpv import TPVEncoderConfig
+
+CameraRenderHook = Callable[[Cameras], Dict[str, Tensor]]
+"""nerfstudio camera -> images [H, W, C] (rgb, depth, accumulation, ...), see `set_camera_render_hook`."""
 
 
 @dataclass
@@ -107,6 +111,7 @@ class SelfOccModel(Model):
         self.encoder = self.config.encoder.setup()
         self.field = self.config.field.setup()
         self.renderer = self.config.renderer.setup()
+        self._camera_render_hook: Optional[CameraRenderHook] = None
         if self.config.rgb_loss_weight > 0 and not self.config.field.use_rgb:
             raise ValueError("rgb_loss_weight > 0 needs the colour head (field.use_rgb)")
         if self.config.semantic_loss_weight > 0 and self.config.field.num_semantic_classes == 0:
@@ -246,8 +251,17 @@ class SelfOccModel(Model):
             images["depth"] = colormaps.apply_depth_colormap(depth, near_plane=1.0, far_plane=60.0)
         return {}, images
 
-    def get_outputs_for_camera(self, camera, obb_box=None) -> Dict[str, Tensor]:
-        """Render a nerfstudio camera from the grid cached for the viewer (see selfocc_ns.viewer)."""
-        from selfocc_ns.viewer import render_viewer_camera
+    def set_camera_render_hook(self, hook: Optional[CameraRenderHook]) -> None:
+        """How `get_outputs_for_camera` renders a nerfstudio camera (the viewer attaches one that renders its
+        selected sample); None restores the fallback."""
+        self._camera_render_hook = hook
 
-        return render_viewer_camera(self, camera)
+    def get_outputs_for_camera(self, camera: Cameras, obb_box=None) -> Dict[str, Tensor]:
+        """Render a nerfstudio camera through the attached hook; without one, black images of its size (a
+        feed-forward model has no scene of its own to show until some sample has been encoded)."""
+        hook = getattr(self, "_camera_render_hook", None)
+        if hook is not None:
+            return hook(camera)
+        height, width = int(camera.height.reshape(-1)[0]), int(camera.width.reshape(-1)[0])
+        blank = torch.zeros(height, width, 1, device=camera.camera_to_worlds.device)
+        return {"rgb": blank.expand(height, width, 3), "depth": blank, "accumulation": blank}

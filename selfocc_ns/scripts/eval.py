@@ -100,7 +100,7 @@ class SelfOccEval:
     """Write colour-mapped depth PNGs (and occupancy bird's-eye views) here."""
 
     def main(self) -> Dict[str, Any]:
-        from selfocc_ns.evaluation import write_results_json
+        from selfocc_ns.eval.runner import write_results_json
         from selfocc_ns.metrics import format_table
 
         config, pipeline, checkpoint, step = load_pipeline(

@@ -125,7 +125,7 @@ def write_sample(
         threshold: iso-level of the mesh (the occupancy threshold).
         masks: `gt_masks(frame)`; None writes all-ones masks (every voxel "observed").
     """
-    from selfocc_ns.export_io import write_bev_png, write_mesh_ply, write_occ3d_npz, write_voxel_ply
+    from selfocc_ns.eval.export_io import write_bev_png, write_mesh_ply, write_occ3d_npz, write_voxel_ply
 
     folder = sample_folder(output_dir, frame.scene_name, str(frame.sample_token))
     semantics = pred.detach().cpu().numpy().astype(np.uint8)
@@ -174,7 +174,7 @@ class SelfOccExport:
     def main(self) -> Dict[str, Any]:
         from tqdm import tqdm
 
-        from selfocc_ns.evaluation import predict_occupancy, write_results_json
+        from selfocc_ns.eval.runner import predict_occupancy, write_results_json
         from selfocc_ns.metrics import OccupancyMetricAccumulator
         from selfocc_ns.scripts.eval import load_pipeline
 

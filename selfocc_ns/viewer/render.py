@@ -215,11 +215,3 @@ def viewer_outputs(render: RenderOutputs, far_m: Float[Tensor, "H W 1"], world_s
     if render.semantics is not None:
         out["semantics"] = semantic_colours(render.semantics[0, 0], accumulation)
     return out
-
-
-def blank_outputs(camera) -> Dict[str, Tensor]:
-    """Black images of the camera's size (before any sample has been encoded)."""
-    _, _, (height, width) = single_camera(camera)
-    device = camera.camera_to_worlds.device
-    blank = torch.zeros(height, width, 1, device=device)
-    return {"rgb": blank.expand(height, width, 3), "depth": blank, "accumulation": blank}

@@ -52,7 +52,7 @@ def side_by_side(panels: List[np.ndarray], gap_px: int = GAP_PX) -> np.ndarray:
 
 def write_eval_images(folder: Path, batch: SelfOccBatch, outputs: Dict[str, Any], sample_index: int) -> List[Path]:
     """Write the depth and occupancy images of one evaluated sample (B = 1); returns the paths written."""
-    from selfocc_ns.export_io import bev_image
+    from selfocc_ns.eval.export_io import bev_image
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

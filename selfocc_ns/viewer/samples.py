@@ -16,7 +16,7 @@ from torch import Tensor
 from selfocc_ns.data.batch import SelfOccBatch
 from selfocc_ns.data.frames import Frame, SelfOccIndex
 from selfocc_ns.model.field_grid import FieldGrid
-from selfocc_ns.viewer_scene import VoxelField
+from selfocc_ns.viewer.scene import VoxelField
 
 
 @dataclass

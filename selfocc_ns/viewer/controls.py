@@ -8,9 +8,10 @@ in the viewer's control tab, and finds its `ViewerControl`, whose `_setup` hands
 - The sample selector (scene + keyframe of the eval split) re-encodes the chosen sample once, under
   `no_grad` in eval mode, and caches its `FieldGrid` (ego frame of the keyframe, metres); during training
   the cached grid is refreshed every `ViewerSettings.refresh_every_steps` steps.
-- `render_viewer_camera(model, camera)` (what `SelfOccModel.get_outputs_for_camera` calls) renders the
-  viewer camera from the cached grid (`selfocc_ns.viewer_render`).
-- Layers (`selfocc_ns.viewer_scene`): predicted occupied voxels coloured by class, Occ3D ground truth,
+- `OccupancyViewer.render(camera)` is the model's camera-render hook (`SelfOccModel.set_camera_render_hook`,
+  what `get_outputs_for_camera` calls): it renders the viewer camera from the cached grid
+  (`selfocc_ns.viewer.render`).
+- Layers (`selfocc_ns.viewer.scene`): predicted occupied voxels coloured by class, Occ3D ground truth,
   LiDAR points and the six camera frustums with their images, toggled by checkboxes; an SDF threshold
   slider and per-class checkboxes filter the voxels. New browser tabs start behind and above the ego.
 """
@@ -36,9 +37,8 @@ from nerfstudio.viewer.viewer_elements import (
 from torch import Tensor, nn
 
 from selfocc_ns.data.occ3d import OCC3D_CLASSES, OCC3D_VOXEL_M
-from selfocc_ns.viewer_render import (
+from selfocc_ns.viewer.render import (
     ViewerWorld,
-    blank_outputs,
     ego_point_in_nerfstudio,
     far_distance_m,
     move_with_ego,
@@ -46,8 +46,8 @@ from selfocc_ns.viewer_render import (
     viewer_camera_in_ego,
     viewer_outputs,
 )
-from selfocc_ns.viewer_samples import SampleCatalogue, SelectedSample, encode_sample, load_eval_batch
-from selfocc_ns.viewer_scene import (
+from selfocc_ns.viewer.samples import SampleCatalogue, SelectedSample, encode_sample, load_eval_batch
+from selfocc_ns.viewer.scene import (
     SceneLayers,
     camera_frustums,
     field_at_voxels,
@@ -107,7 +107,7 @@ class OccupancyViewerControl(ViewerControl):
         (nerfstudio 1.1.5 declares this method but leaves it unimplemented.) `clients`: viser client
         handles (default: all connected ones). Clients that have not reported their camera yet are skipped.
         """
-        from selfocc_ns.viewer_render import VISER_NERFSTUDIO_SCALE_RATIO as ratio
+        from selfocc_ns.viewer.render import VISER_NERFSTUDIO_SCALE_RATIO as ratio
 
         for client in clients if clients is not None else self.viser_server.get_clients().values():
             try:
@@ -273,7 +273,7 @@ class OccupancyViewer(nn.Module):
 
     # -- rendering -----------------------------------------------------------------------------------
     def render(self, camera) -> Dict[str, Tensor]:
-        """rgb / depth / depth_m / accumulation / semantics [H, W, C] of a nerfstudio camera (see viewer_render)."""
+        """rgb / depth / depth_m / accumulation / semantics [H, W, C] of a nerfstudio camera (see selfocc_ns.viewer.render)."""
         sample = self.ensure_sample()
         world = self.world()
         view = viewer_camera_in_ego(camera, world, sample.frame.ref_ego2global)
@@ -395,20 +395,8 @@ class OccupancyViewer(nn.Module):
 
 
 def attach_viewer(pipeline, settings: Optional[ViewerSettings] = None) -> OccupancyViewer:
-    """Give a SelfOcc pipeline its viewer (`pipeline.selfocc`; the model keeps a weak reference to it)."""
+    """Give a SelfOcc pipeline its viewer (`pipeline.selfocc`) and let the model render viewer cameras with it."""
     viewer = OccupancyViewer(pipeline, settings)
     pipeline.selfocc = viewer
-    pipeline.model._selfocc_viewer = weakref.ref(viewer)
+    pipeline.model.set_camera_render_hook(viewer.render)
     return viewer
-
-
-def render_viewer_camera(model, camera) -> Dict[str, Tensor]:
-    """What `SelfOccModel.get_outputs_for_camera` returns: a render from the viewer's cached sample.
-
-    Without an attached viewer (a model used on its own) the images are black.
-    """
-    reference = getattr(model, "_selfocc_viewer", None)
-    viewer = reference() if reference is not None else None
-    if viewer is None:
-        return blank_outputs(camera)
-    return viewer.render(camera)

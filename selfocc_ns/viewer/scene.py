@@ -25,7 +25,7 @@ from selfocc_ns.data.frames import Frame
 from selfocc_ns.data.occ3d import FREE_ID, OCC3D_PALETTE, OCC3D_RANGE_M, OCC3D_SHAPE, OCC3D_VOXEL_M
 from selfocc_ns.metrics.occupancy import clean_occupancy_prediction, clean_query_points, semantic_ids
 from selfocc_ns.model.field_grid import FieldGrid, query_field
-from selfocc_ns.viewer_render import ViewerWorld
+from selfocc_ns.viewer.render import ViewerWorld
 
 LAYERS: Tuple[str, ...] = ("occupancy", "ground_truth", "lidar", "cameras")
 """Scene layers, each a child node of the sample node `/selfocc` that can be shown or hidden."""
@@ -218,7 +218,7 @@ class SceneLayers:
 
     def set_cameras(self, specs: Sequence[FrustumSpec]) -> None:
         """Replace the camera frustums (OpenCV cameras, as viser's frustums are)."""
-        from selfocc_ns.viewer_render import rotation_to_wxyz
+        from selfocc_ns.viewer.render import rotation_to_wxyz
 
         u = self.units_per_metre
         self.handles["cameras"] = self.scene.add_frame(f"{self.root}/cameras", show_axes=False,

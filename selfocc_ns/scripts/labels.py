@@ -6,7 +6,7 @@
 The segmentor is any Python callable given as `module:function` (or `path/to/file.py:function`):
 it takes one RGB image (numpy uint8 [H, W, 3]) and returns a class map [H, W] (numpy or torch,
 integer ids of the segmentor's own classes). The ids are mapped to this project's label ids
-(Occ3D 0..16, 17 sky, 255 ignore; `selfocc_ns.label_maps`) and written as uint8 PNGs to
+(Occ3D 0..16, 17 sky, 255 ignore; `selfocc_ns.data.label_maps`) and written as uint8 PNGs to
 `<out-dir>/semantics/<CHANNEL>/<image file stem>.png` (out-dir defaults to the data dir, where
 the `nuscenes-data` dataparser looks for them). Files already there are skipped, so an
 interrupted run resumes where it stopped; each PNG is written to a temporary name first and
@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from selfocc_ns.data.frames import CAMERA_CHANNELS
 from selfocc_ns.data.occ3d import IGNORE_ID, OCC3D_CLASSES
-from selfocc_ns.label_maps import apply_label_map, get_label_map
+from selfocc_ns.data.label_maps import apply_label_map, get_label_map
 
 Segmentor = Callable[[np.ndarray], object]
 """image uint8 [H, W, 3] RGB -> class map [H, W] of integer ids (numpy array or torch tensor)."""
