@@ -1,10 +1,14 @@
-"""What every preset shares: optimiser groups, schedule, trainer defaults (DESIGN.md section 4, item 7)."""
+"""What every preset shares: optimiser groups, schedule, trainer defaults (official optimizer.py / schedule.py)."""
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
 
 from nerfstudio.configs.base_config import ViewerConfig
 
 from selfocc_ns.data.datamanager import SelfOccDataManagerConfig
+from selfocc_ns.eval.options import EvalOptions, EvalTask
 from selfocc_ns.model.selfocc import SelfOccModelConfig
 from selfocc_ns.optim import AdamWOptimizerConfig, WarmupStepDecaySchedulerConfig
 from selfocc_ns.pipeline import SelfOccPipelineConfig
@@ -31,11 +35,11 @@ def trainer(
     model: SelfOccModelConfig,
     datamanager: SelfOccDataManagerConfig,
     epochs: int,
-    eval_tasks=("depth",),
-    vis: str = "viewer+tensorboard",
+    eval_tasks: Sequence[EvalTask] = ("depth",),
     **overrides,
 ) -> SelfOccTrainerConfig:
-    """A SelfOcc TrainerConfig; `epochs` are official epochs at global batch 8 (see README: scaling)."""
+    """A SelfOcc TrainerConfig; `epochs` are official epochs at global batch 8 (see README: scaling);
+    `overrides` replace TrainerConfig fields."""
     config = SelfOccTrainerConfig(
         method_name=method_name,
         max_num_iterations=epochs * OFFICIAL_ITERS_PER_EPOCH,
@@ -45,13 +49,11 @@ def trainer(
         steps_per_eval_all_images=OFFICIAL_ITERS_PER_EPOCH,
         mixed_precision=False,
         save_only_latest_checkpoint=True,
-        pipeline=SelfOccPipelineConfig(datamanager=datamanager, model=model, eval_tasks=tuple(eval_tasks),
-                                       eval_max_samples=60),
+        pipeline=SelfOccPipelineConfig(datamanager=datamanager, model=model,
+                                       evaluation=EvalOptions(tasks=tuple(eval_tasks)), eval_max_samples=60),
         optimizers=optimizers(),
         viewer=ViewerConfig(num_rays_per_chunk=8192, quit_on_train_completion=True),
-        vis=vis,
+        vis="viewer+tensorboard",
         grad_clip_max_norm=35.0,
     )
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    return config
+    return dataclasses.replace(config, **overrides)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from selfocc_ns.configs.common import trainer
 from selfocc_ns.data.datamanager import SelfOccDataManagerConfig
+from selfocc_ns.data.dataset import ImageGeometryConfig
+from selfocc_ns.data.sampling import FrameSamplingConfig
 from selfocc_ns.model.field import SelfOccFieldConfig
-from selfocc_ns.model.renderer import SelfOccRendererConfig
 from selfocc_ns.model.selfocc import SelfOccModelConfig
 from selfocc_ns.trainer import SelfOccTrainerConfig
 
@@ -17,16 +18,13 @@ def trainer_config() -> SelfOccTrainerConfig:
         range_m=DEPTH_RANGE_M,
         grid_xyz=(257, 257, 31),
         field=SelfOccFieldConfig(use_rgb=False, num_semantic_classes=0),
-        renderer=SelfOccRendererConfig(num_samples=256, train_lattice_hw=(48, 100)),
-        reprojection_loss_weight=1.0,
         rgb_loss_weight=0.0,
-        eikonal_loss_weight=0.1,
         hessian_loss_weight=0.0,
         smoothness_loss_weight=0.01,
         semantic_loss_weight=0.0,
     )
     datamanager = SelfOccDataManagerConfig(
-        input_crop_fraction=896 / 900, ray_crop_fraction=1.0, scale_rate=0.5, cur_prob=1.0, max_dist_m=6.0,
-        source_max_dist_m=6.0,
+        geometry=ImageGeometryConfig(input_crop_fraction=896 / 900, ray_crop_fraction=1.0),
+        sampling=FrameSamplingConfig(cur_prob=1.0, max_dist_m=6.0, source_max_dist_m=6.0),
     )
     return trainer("selfocc-depth", model, datamanager, epochs=24, eval_tasks=("depth",))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from selfocc_ns.configs.common import trainer
 from selfocc_ns.configs.nuscenes_depth import DEPTH_RANGE_M
 from selfocc_ns.data.datamanager import SelfOccDataManagerConfig
+from selfocc_ns.data.sampling import FrameSamplingConfig
 from selfocc_ns.model.field import SelfOccFieldConfig
-from selfocc_ns.model.renderer import SelfOccRendererConfig
 from selfocc_ns.model.selfocc import SelfOccModelConfig
 from selfocc_ns.trainer import SelfOccTrainerConfig
 
@@ -16,15 +16,7 @@ def trainer_config() -> SelfOccTrainerConfig:
         range_m=DEPTH_RANGE_M,
         grid_xyz=(257, 257, 31),
         field=SelfOccFieldConfig(use_rgb=True, num_semantic_classes=0),
-        renderer=SelfOccRendererConfig(num_samples=256, train_lattice_hw=(48, 100)),
-        reprojection_loss_weight=1.0,
-        rgb_loss_weight=0.1,
-        eikonal_loss_weight=0.1,
-        hessian_loss_weight=0.01,
         semantic_loss_weight=0.0,
     )
-    datamanager = SelfOccDataManagerConfig(
-        input_crop_fraction=768 / 900, ray_crop_fraction=768 / 900, scale_rate=0.5, cur_prob=0.333, max_dist_m=10.0,
-        source_max_dist_m=10.0, eval_novel_views=True,
-    )
+    datamanager = SelfOccDataManagerConfig(sampling=FrameSamplingConfig(max_dist_m=10.0, source_max_dist_m=10.0))
     return trainer("selfocc-novel-depth", model, datamanager, epochs=24, eval_tasks=("novel-depth",))

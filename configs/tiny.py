@@ -13,6 +13,7 @@ from __future__ import annotations
 from selfocc_ns.configs.common import optimizers, trainer
 from selfocc_ns.configs.nuscenes_occ import OCC_RANGE_M
 from selfocc_ns.data.datamanager import SelfOccDataManagerConfig
+from selfocc_ns.data.sampling import FrameSamplingConfig
 from selfocc_ns.model.backbone import ImageEncoderConfig
 from selfocc_ns.model.field import SelfOccFieldConfig
 from selfocc_ns.model.renderer import SelfOccRendererConfig
@@ -30,24 +31,16 @@ def trainer_config() -> SelfOccTrainerConfig:
             num_layers=2, num_heads=4, ffn_dim=64, num_points_cross=(8, 8, 4), points_in_pillar=(8, 8, 4),
             num_points_self=4, pe_num_freqs=6, dropout=0.0, checkpoint=False, checkpoint_layers=False,
         ),
-        field=SelfOccFieldConfig(use_rgb=True, num_semantic_classes=18, hidden_dim=32, rgb_activation="sigmoid"),
+        field=SelfOccFieldConfig(hidden_dim=32, rgb_activation="sigmoid"),
         renderer=SelfOccRendererConfig(num_samples=64, train_lattice_hw=(16, 32), eval_chunk_rays=16384),
-        reprojection_loss_weight=1.0,
-        rgb_loss_weight=0.1,
-        eikonal_loss_weight=0.1,
-        hessian_loss_weight=0.01,
-        semantic_loss_weight=0.1,
     )
     datamanager = SelfOccDataManagerConfig(
-        input_crop_fraction=768 / 900, ray_crop_fraction=768 / 900, scale_rate=0.5, cur_prob=0.5, max_dist_m=10.0,
-        source_max_dist_m=10.0, num_workers=1,
+        sampling=FrameSamplingConfig(cur_prob=0.5, max_dist_m=10.0, source_max_dist_m=10.0), num_workers=1
     )
-    config = trainer("selfocc-tiny", model, datamanager, epochs=1, eval_tasks=("depth", "occupancy"), vis="tensorboard")
-    config.max_num_iterations = 1000
-    config.steps_per_save = 100
-    config.steps_per_eval_batch = 10**9
-    config.steps_per_eval_image = 250
-    config.steps_per_eval_all_images = 10**9
-    config.optimizers = optimizers(lr=1e-3, backbone_lr_mult=1.0, warmup_steps=20)
+    config = trainer(
+        "selfocc-tiny", model, datamanager, epochs=1, eval_tasks=("depth", "occupancy"), vis="tensorboard",
+        max_num_iterations=1000, steps_per_save=100, steps_per_eval_batch=10**9, steps_per_eval_image=250,
+        steps_per_eval_all_images=10**9, optimizers=optimizers(lr=1e-3, backbone_lr_mult=1.0, warmup_steps=20),
+    )
     config.pipeline.eval_max_samples = None
     return config

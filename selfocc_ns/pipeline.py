@@ -1,7 +1,7 @@
 """The SelfOcc pipeline: nerfstudio's VanillaPipeline with SelfOcc's evaluation and CPU-capable DDP.
 
 - `get_average_eval_image_metrics` (what `ns-eval` calls) runs the eval tasks configured at training time
-  (`eval_tasks`: depth by default) over the eval split and returns one flat dict of floats, baselines
+  (`evaluation.tasks`: depth by default) over the eval split and returns one flat dict of floats, baselines
   included; with `output_path` it writes colour-mapped depth PNGs there.
 - DDP: nerfstudio wraps the model with `device_ids=[local_rank]`, which only works on CUDA; here CPU
   modules are wrapped without device ids (gloo), so the distributed path also runs on the CPU.
@@ -9,11 +9,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, Literal, Optional, Tuple, Type
+from typing import Any, Dict, Iterator, Literal, Optional, Type
 
 import torch
 import torch.distributed as dist
@@ -24,7 +25,8 @@ from torch.cuda.amp.grad_scaler import GradScaler
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from selfocc_ns.data.datamanager import SelfOccDataManagerConfig
-from selfocc_ns.eval.runner import EvalOptions, Evaluator, evaluate_batches, median_lidar_depth, numeric_results
+from selfocc_ns.eval.options import EvalOptions
+from selfocc_ns.eval.runner import Evaluator, evaluate_batches, median_lidar_depth, numeric_results
 from selfocc_ns.model.selfocc import SelfOccModelConfig
 
 
@@ -37,19 +39,11 @@ class SelfOccPipelineConfig(VanillaPipelineConfig):
     """Surround-view temporal samples."""
     model: SelfOccModelConfig = field(default_factory=SelfOccModelConfig)
     """The SelfOcc model."""
-    eval_tasks: Tuple[Literal["depth", "novel-depth", "occupancy"], ...] = ("depth",)
-    """What `ns-eval` (and eval during training) reports."""
-    occupancy_protocol: Literal["selfocc", "occ3d"] = "selfocc"
-    """'selfocc': the official protocol (linspace points, crops); 'occ3d': voxel centres, Occ3D's own mIoU."""
-    occupancy_threshold: float = 0.0
-    """Occupied where SDF <= this (official 0)."""
-    depth_flip: bool = False
-    """Horizontal-flip test-time augmentation for depth (official --flip)."""
+    evaluation: EvalOptions = field(default_factory=EvalOptions)
+    """What `ns-eval` and the evals during training report, and by which protocol."""
     eval_max_samples: Optional[int] = None
-    """Eval during training: at most this many eval keyframes (evenly spaced); None = all. (`ns-eval` and
+    """Evals during training: at most this many eval keyframes (evenly spaced); None = all. (`ns-eval` and
     `selfocc-eval` evaluate the whole split.)"""
-    baseline: bool = True
-    """Report the trivial baselines (constant median training depth; flat ground) beside the model."""
 
 
 class SelfOccPipeline(VanillaPipeline):
@@ -124,30 +118,14 @@ class SelfOccPipeline(VanillaPipeline):
         with training-style anchor/source draws, in eval mode and without gradients."""
         with self._eval_mode():
             batch, _ = self.datamanager.next_eval(step)
-            batch.info.update(step=step, rank=self.datamanager.rank)
             outputs = self.model(batch)
             metrics_dict = self.model.get_metrics_dict(outputs, batch)
             loss_dict = self.model.get_loss_dict(outputs, batch, metrics_dict)
         return outputs, loss_dict, metrics_dict
 
     def eval_options(self, **overrides) -> EvalOptions:
-        cfg = self.config
-        options = EvalOptions(
-            tasks=tuple(cfg.eval_tasks),
-            occupancy_protocol=cfg.occupancy_protocol,
-            occupancy_threshold=cfg.occupancy_threshold,
-            flip=cfg.depth_flip,
-            flat_ground_baseline=cfg.baseline,
-        )
-        for key, value in overrides.items():
-            if not hasattr(options, key):
-                raise ValueError(f"unknown eval option {key!r}")
-            setattr(options, key, value)
-        options.__post_init__()
-        wants_depth_baseline = "depth" in options.tasks or "novel-depth" in options.tasks
-        if cfg.baseline and options.baseline_depth_m is None and wants_depth_baseline:
-            options.baseline_depth_m = self.baseline_depth_m()
-        return options
+        """The configured eval options with some replaced (`dataclasses.replace`)."""
+        return dataclasses.replace(self.config.evaluation, **overrides)
 
     def baseline_depth_m(self) -> float:
         """Median LiDAR depth over training keyframes (the constant-depth baseline), computed once."""
@@ -173,17 +151,21 @@ class SelfOccPipeline(VanillaPipeline):
         indices: Optional[list] = None,
         output_path: Optional[Path] = None,
         progress: bool = False,
+        baseline_depth_m: Optional[float] = None,
     ) -> Dict[str, Any]:
-        """Run the eval tasks over the eval split; all ranks must call it (metrics are all-reduced)."""
+        """Run the eval tasks over the eval split; all ranks must call it (metrics are all-reduced).
+
+        `baseline_depth_m` fixes the constant-depth baseline (default: the median training LiDAR depth).
+        """
         from selfocc_ns.eval.images import write_eval_images
 
-        options = options or self.eval_options()
+        options = options or self.config.evaluation
         indices = self.eval_indices() if indices is None else indices
-        if "novel-depth" in options.tasks:
-            self.datamanager.config.eval_novel_views = True  # the batches must carry the neighbour frames
+        if options.needs_depth_baseline and baseline_depth_m is None:
+            baseline_depth_m = self.baseline_depth_m()
         with self._eval_mode():
-            evaluator = Evaluator(self.model, options, self.datamanager.eval_index.cameras)
-            batches = self.datamanager.iter_eval_batches(indices)
+            evaluator = Evaluator(self.model, options, self.datamanager.eval_index.cameras, baseline_depth_m)
+            batches = self.datamanager.iter_eval_batches(indices, novel_views="novel-depth" in options.tasks)
             for n, (batch, outputs) in enumerate(evaluate_batches(evaluator, batches, progress, len(indices))):
                 if output_path is not None:
                     write_eval_images(output_path, batch, outputs, indices[n])
@@ -215,7 +197,8 @@ class SelfOccPipeline(VanillaPipeline):
         with self._eval_mode():
             batch, _ = self.datamanager.next_eval_image(step)
             options = self.eval_options(tasks=("depth",))
-            evaluator = Evaluator(self.model, options, self.datamanager.eval_index.cameras)
+            baseline_m = self.baseline_depth_m() if options.needs_depth_baseline else None
+            evaluator = Evaluator(self.model, options, self.datamanager.eval_index.cameras, baseline_m)
             outputs = evaluator.add(batch)
             results = evaluator.depth.compute()
         metrics = {k: v for k, v in results.items() if "/CAM_" not in k and not k.endswith("_std")}

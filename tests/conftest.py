@@ -1,4 +1,4 @@
-"""Shared, expensive fixtures: one small synthetic world per session (and, later, one tiny checkpoint)."""
+"""Shared, expensive fixtures: one small synthetic world, one tiny checkpoint and its loaded pipeline per session."""
 
 from __future__ import annotations
 
@@ -77,3 +77,20 @@ def tiny_run(small_world, tmp_path_factory) -> Path:
     configs = sorted((out / "outputs").rglob("config.yml"))
     assert len(configs) == 1, configs
     return configs[0]
+
+
+def training_dir(config: Path) -> Path:
+    """The folder ns-train ran in (config is <dir>/outputs/<experiment>/<method>/<timestamp>/config.yml)."""
+    return config.parents[4]
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_run):
+    """The session checkpoint loaded as `ns-eval` loads it (eval mode, test split, viewer attached).
+
+    Shared by the eval, export and viewer tests: a test that changes its config or hooks restores them.
+    """
+    from selfocc_ns.scripts.eval import load_pipeline
+
+    _, pipeline, _, _ = load_pipeline(tiny_run, max_workers=0)
+    return pipeline

@@ -76,7 +76,8 @@ def test_eval_lidar_projects_onto_the_truth_depth(small_world, datamanager):
 def test_sources_warp_onto_the_anchor_with_the_true_depth(small_world):
     """Warping each camera's source images into the anchor with the ray-cast depth halves the photometric L1."""
     config = SelfOccDataManagerConfig(
-        dataparser=SelfOccNuScenesDataParserConfig(data_dir=small_world), num_workers=0, cur_prob=1.0
+        dataparser=SelfOccNuScenesDataParserConfig(data_dir=small_world), num_workers=0,
+        sampling=FrameSamplingConfig(cur_prob=1.0),
     )
     dm = config.setup(device="cpu", test_mode="val")
     batch, _ = dm.next_train(3)

@@ -183,45 +183,38 @@ def world_copy(small_world, tmp_path) -> Path:
     return root
 
 
-def test_missing_data_root_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="data root not found: .*nowhere"):
-        parse(tmp_path / "nowhere")
+@pytest.mark.parametrize(
+    "arguments, error, message",
+    [
+        (dict(), FileNotFoundError, "data root not found: .*nowhere"),
+        (dict(version="v1.0-trainval"), FileNotFoundError, "v1.0-trainval.*v1.0-mini"),
+        (dict(data=Path("scene-9999")), ValueError, "Unknown scene 'scene-9999'.*scene-0061"),
+        (dict(split="val", data=Path("scene-0061"), train_split_fraction=1.0), ValueError,
+         "val split of --data scene-0061 is empty"),
+    ],
+    ids=["data-root", "version", "scene", "empty-split"],
+)
+def test_bad_arguments_are_named(small_world, tmp_path, arguments, error, message):
+    root = tmp_path / "nowhere" if message.startswith("data root") else small_world
+    with pytest.raises(error, match=message):
+        parse(root, **arguments)
 
 
-def test_wrong_version_is_named(small_world):
-    with pytest.raises(FileNotFoundError, match="v1.0-trainval.*v1.0-mini"):
-        parse(small_world, version="v1.0-trainval")
-
-
-def test_unknown_scene_is_named(small_world):
-    with pytest.raises(ValueError, match="Unknown scene 'scene-9999'.*scene-0061"):
-        parse(small_world, data=Path("scene-9999"))
-
-
-def test_empty_split_is_reported(small_world):
-    with pytest.raises(ValueError, match="val split of --data scene-0061 is empty"):
-        parse(small_world, "val", data=Path("scene-0061"), train_split_fraction=1.0)
-
-
-def test_missing_image_is_named(world_copy, train_index):
-    victim = train_index.sample_frame(1).cameras["CAM_BACK"]
-    (world_copy / victim.image_path.relative_to(train_index.data_dir)).unlink()
-    with pytest.raises(FileNotFoundError, match=f"Missing image .*{re.escape(victim.image_path.name)}.*{victim.sample_data_token}"):
+@pytest.mark.parametrize(
+    "sample, victim, message",
+    [
+        (1, lambda f: (f.cameras["CAM_BACK"].image_path, f.cameras["CAM_BACK"].sample_data_token), "Missing image"),
+        (2, lambda f: (f.lidar_path, f.sample_token), "Missing LiDAR file"),
+        (0, lambda f: (f.occ_path, f.sample_token), "Missing Occ3D ground truth"),
+    ],
+    ids=["image", "lidar", "gts"],
+)
+def test_missing_files_are_named_at_start_up(world_copy, train_index, sample, victim, message):
+    path, token = victim(train_index.sample_frame(sample))
+    (world_copy / path.relative_to(train_index.data_dir)).unlink()
+    with pytest.raises(FileNotFoundError, match=message) as error:
         parse(world_copy)
-
-
-def test_missing_lidar_is_named(world_copy, train_index):
-    frame = train_index.sample_frame(2)
-    (world_copy / frame.lidar_path.relative_to(train_index.data_dir)).unlink()
-    with pytest.raises(FileNotFoundError, match=f"Missing LiDAR file .*{re.escape(frame.lidar_path.name)}.*{frame.sample_token}"):
-        parse(world_copy)
-
-
-def test_missing_gts_is_named(world_copy, train_index):
-    frame = train_index.sample_frame(0)
-    (world_copy / frame.occ_path.relative_to(train_index.data_dir)).unlink()
-    with pytest.raises(FileNotFoundError, match=f"Missing Occ3D ground truth .*{frame.sample_token}"):
-        parse(world_copy)
+    assert path.name in str(error.value) and token in str(error.value)
 
 
 def test_unreadable_image_and_lidar_are_named_at_load_time(world_copy, train_index):

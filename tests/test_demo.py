@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import run_command
@@ -22,9 +24,29 @@ def test_demo_trains_evaluates_and_prints_the_next_commands(small_world, tmp_pat
     report = json.loads((workdir / "eval.json").read_text())
     assert report["method_name"] == "selfocc-tiny" and report["step"] == 2 and report["split"] == "mini_val"
     results = report["results"]
-    for key in ("depth/raw/abs_rel", "depth/baseline/raw/abs_rel", "occ/iou", "occ/baseline/flat_ground/iou"):
-        assert 0.0 <= results[key] < 100.0, key
+    assert report["num_samples"] == 4 and results["occ/num_samples"] == 4  # every val keyframe
+    assert results["depth/num_images"] == 4 * 6 and results["depth/num_images_without_points"] == 0
+    assert results["occ/baseline/flat_ground/iou"] == pytest.approx(flat_ground_iou(small_world), abs=1e-9)
+    assert 0.0 <= results["occ/iou"] <= 1.0 and results["depth/raw/abs_rel"] > 0.0
     config = sorted((workdir / "outputs").rglob("config.yml"))[-1]
     for line in (f"checkpoint: {report['checkpoint']}", f"ns-viewer --load-config {config}",
                  f"ns-eval --load-config {config}", f"selfocc-export --load-config {config}"):
         assert line in out, line
+
+
+def flat_ground_iou(world: Path) -> float:
+    """The flat-ground baseline's IoU over the val scene's gts, by hand (official protocol): occupied where the
+    official query point lies at z <= 0, z index >= 12 and a 6-voxel x/y border forced empty; ground truth
+    occupied where the class is neither 17 (free) nor 0 (others); only mask_camera voxels count."""
+    z_m = np.linspace(-1.0, 5.4, 16)
+    pred = np.zeros((200, 200, 16), dtype=bool)
+    pred[6:-6, 6:-6, :12] = (z_m[:12] <= 0.0)[None, None, :]
+    tp = fp = fn = 0
+    for labels_path in sorted((world / "gts" / "scene-0103").glob("*/labels.npz")):
+        with np.load(labels_path) as labels:
+            gt = (labels["semantics"] != 17) & (labels["semantics"] != 0)
+            seen = labels["mask_camera"].astype(bool)
+        tp += int((pred & gt & seen).sum())
+        fp += int((pred & ~gt & seen).sum())
+        fn += int((~pred & gt & seen).sum())
+    return tp / (tp + fp + fn)

@@ -1,6 +1,6 @@
 """Two CPU processes (gloo) run the project's own trainer/pipeline: data sharded by global rank, DDP keeps
 the replicas identical, eval metrics are all-reduced. (nerfstudio's launcher only spawns on CUDA, so the test
-starts the two processes itself, as DESIGN.md section 6 allows.)"""
+starts the two processes itself, as nerfstudio's launcher only spawns on CUDA.)"""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _worker(rank: int, port: int, world: str, out_dir: str, results) -> None:
             tokens.extend(batch.sample_tokens)
             trainer.train_iteration(step)
         params = torch.cat([p.detach().flatten() for p in pipeline.model.parameters()])
-        evaluation = pipeline.evaluate(pipeline.eval_options(tasks=("depth",), baseline_depth_m=10.0, lattice_fraction=0.25))
+        evaluation = pipeline.evaluate(pipeline.eval_options(tasks=("depth",), lattice_fraction=0.25), baseline_depth_m=10.0)
         results[rank] = {
             "tokens": tokens,
             "param_sum": float(params.double().sum()),

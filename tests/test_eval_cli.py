@@ -7,16 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_command
+from conftest import run_command, training_dir
 from PIL import Image
 
 from selfocc_ns.data.frames import CAMERA_CHANNELS
 from selfocc_ns.metrics import DEPTH_METRIC_NAMES
 
-
-def training_dir(config: Path) -> Path:
-    """The folder ns-train ran in (config is <dir>/outputs/<experiment>/<method>/<timestamp>/config.yml)."""
-    return config.parents[4]
 
 
 def test_ns_eval_writes_the_depth_protocol_baselines_and_pngs(tiny_run, tmp_path):
@@ -52,8 +48,8 @@ def test_ns_eval_writes_the_depth_protocol_baselines_and_pngs(tiny_run, tmp_path
 def test_selfocc_eval_cli_flags_table_progress_and_json(tiny_run, tmp_path):
     out = tmp_path / "eval.json"
     result = run_command(
-        ["selfocc-eval", "--load-config", str(tiny_run), "--task", "depth", "novel-depth", "occupancy",
-         "--protocol", "occ3d", "--threshold", "0.1", "--flip", "--max-samples", "1", "--split", "val",
+        ["selfocc-eval", "--load-config", str(tiny_run), "--tasks", "depth", "novel-depth", "occupancy",
+         "--occupancy-protocol", "occ3d", "--occupancy-threshold", "0.1", "--flip", "--max-samples", "1", "--split", "val",
          "--output-path", str(out)],
         cwd=training_dir(tiny_run),
     )

@@ -3,9 +3,9 @@ mirrored rig of flip TTA, novel depth end to end, and the depth-only render path
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -16,10 +16,11 @@ from selfocc_ns.data.batch import SelfOccBatch
 from selfocc_ns.data.datamanager import SelfOccDataManagerConfig
 from selfocc_ns.data.frames import neighbours
 from selfocc_ns.data.nuscenes import SelfOccNuScenesDataParserConfig
+from selfocc_ns.data.sampling import FrameSamplingConfig
 from selfocc_ns.data.occ3d import CLASS_ID, FREE_ID, OCC3D_SHAPE, OCC3D_VOXEL_M, voxel_centres_m
 from selfocc_ns.data.synthetic import load_world
+from selfocc_ns.eval.options import EvalOptions
 from selfocc_ns.eval.runner import (
-    EvalOptions,
     Evaluator,
     depth_only_grid,
     mirror_rig,
@@ -44,6 +45,13 @@ def centres_grid(sdf: np.ndarray, classes: np.ndarray) -> FieldGrid:
     return FieldGrid(torch.from_numpy(values), CENTRES_RANGE_M, 0, NUM_SEMANTIC)
 
 
+@dataclasses.dataclass
+class DepthRender:
+    """What `render_depth` returns, as far as the evaluator reads it."""
+
+    depth: torch.Tensor
+
+
 class TruthModel:
     """A perfect 'model' of the synthetic world with the interface the Evaluator uses.
 
@@ -53,14 +61,15 @@ class TruthModel:
     Deliberate errors: `depth_scale` multiplies the depth, `shift_voxels` rolls the grid along x.
     """
 
+    semantic_channels = NUM_SEMANTIC
+    eval_lattice_fraction = 0.5
+
     def __init__(self, data_dir: Path, index, depth_scale: float = 1.0, shift_voxels: int = 0):
         self.world = load_world(data_dir)
         samples = json.loads((Path(data_dir) / "v1.0-mini" / "sample.json").read_text())
         self.lidar_time_us = {s["token"]: s["timestamp"] for s in samples}
         self.frames = {index.sample_frame(i).sample_token: index.sample_frame(i) for i in range(len(index.samples))}
         self.depth_scale, self.shift_voxels = depth_scale, shift_voxels
-        self.config = SimpleNamespace(field=SimpleNamespace(num_semantic_classes=NUM_SEMANTIC),
-                                      renderer=SimpleNamespace(eval_lattice_fraction=0.5))
         self.encoded: List[SelfOccBatch] = []
         self._grids: Dict[str, FieldGrid] = {}
         self.current: Tuple[str, bool] = ("", False)
@@ -91,7 +100,7 @@ class TruthModel:
     def render_depth(self, grid, intrinsics, cam2ego, image_hw, lattice_fraction=None):
         token, mirrored = self.current
         scene, pose, t_us = self.scene_at(token)
-        lattice_hw = eval_lattice_hw(image_hw, lattice_fraction or self.config.renderer.eval_lattice_fraction)
+        lattice_hw = eval_lattice_hw(image_hw, lattice_fraction or self.eval_lattice_fraction)
         lattice = fixed_lattice_px(image_hw, lattice_hw).double()
         b, n = intrinsics.shape[:2]
         origins, dirs, z_per_distance = rays_from_pixels(
@@ -103,7 +112,7 @@ class TruthModel:
                                t_us)
         distance = torch.from_numpy(np.where(np.isfinite(hits.distance_m), hits.distance_m, 1e3).astype(np.float64))
         depth = distance.reshape(z_per_distance.shape[:-1]) * z_per_distance[..., 0] * self.depth_scale
-        return SimpleNamespace(depth=depth.reshape(b, n, *lattice_hw, 1).float())
+        return DepthRender(depth.reshape(b, n, *lattice_hw, 1).float())
 
 
 def clean_lidar(scene, pose: np.ndarray, t_us: int, points_ego: torch.Tensor, intrinsics: torch.Tensor,
@@ -147,7 +156,7 @@ def clean_lidar(scene, pose: np.ndarray, t_us: int, points_ego: torch.Tensor, in
 @pytest.fixture(scope="module")
 def eval_dm(small_world):
     config = SelfOccDataManagerConfig(dataparser=SelfOccNuScenesDataParserConfig(data_dir=small_world), num_workers=0,
-                                      eval_novel_views=True, max_dist_m=6.0)
+                                      sampling=FrameSamplingConfig(max_dist_m=6.0))
     return config.setup(device="cpu", test_mode="test")
 
 
@@ -177,12 +186,12 @@ def test_world_truth_scores_perfectly_and_wrong_predictions_do_not(small_world, 
     """Clean-protocol IoU / mIoU of the exact SDF and classes at the voxel centres (threshold half a voxel, the
     gts' own occupancy rule) is 1; depth abs_rel of the exact ray-cast lattice depth < 1e-3 on the LiDAR points
     away from depth edges (`clean_lidar`). Depth x1.2 and a 2-voxel shift are caught."""
-    options = dict(occupancy_protocol="occ3d", occupancy_threshold=HALF_VOXEL_M, baseline_depth_m=9.0)
+    options = dict(occupancy_protocol="occ3d", occupancy_threshold=HALF_VOXEL_M)
     clean = [with_lidar(b, b.info["clean_lidar"]) for b in truth_batches]
     assert all(len(b.lidar_points[0]) > 0.3 * b.info["num_lidar_in_sub"] * 0.5 for b in clean)
 
     truth = Evaluator(TruthModel(small_world, eval_dm.eval_index), EvalOptions(("depth", "occupancy"), **options),
-                      CAMERAS)
+                      CAMERAS, baseline_depth_m=9.0)
     for batch in clean:
         truth.add(batch)
     r = truth.results()
@@ -197,14 +206,14 @@ def test_world_truth_scores_perfectly_and_wrong_predictions_do_not(small_world, 
     assert r["occ/baseline/flat_ground/iou"] < 0.8
 
     # the whole LiDAR sweep: bilinear reads across depth edges, occlusion parallax (the protocol's floor)
-    full = Evaluator(TruthModel(small_world, eval_dm.eval_index), EvalOptions(("depth",), **options), CAMERAS)
+    full = Evaluator(TruthModel(small_world, eval_dm.eval_index), EvalOptions(("depth",), **options), CAMERAS, 9.0)
     for batch in truth_batches:
         full.add(batch)
     floor = full.results()["depth/raw/abs_rel"]
     assert 1e-3 < floor < 0.1, floor
 
     scaled = Evaluator(TruthModel(small_world, eval_dm.eval_index, depth_scale=1.2, shift_voxels=2),
-                       EvalOptions(("depth", "occupancy"), **options), CAMERAS)
+                       EvalOptions(("depth", "occupancy"), **options), CAMERAS, 9.0)
     for batch in clean:
         scaled.add(batch)
     s = scaled.results()
@@ -279,7 +288,8 @@ def test_mirrored_camera_order_swaps_left_and_right():
 class BlockModel:
     """A 'model' whose field is a solid car block (SDF -1 inside, +1 outside at the voxel centres)."""
 
-    config = SimpleNamespace(field=SimpleNamespace(num_semantic_classes=NUM_SEMANTIC))
+    semantic_channels = NUM_SEMANTIC
+    eval_lattice_fraction = 0.5
 
     def __init__(self, block: Tuple[slice, slice, slice]):
         sdf = np.ones(OCC3D_SHAPE, dtype=np.float32)
@@ -325,9 +335,9 @@ def test_novel_depth_end_to_end_on_the_small_world(small_world, eval_dm):
     visible and away from depth edges, see `clean_lidar`) scores abs_rel < 1e-3 in every distance bin;
     the bins hold exactly the neighbour frames' six cameras by ceil(distance); the baseline is beside."""
     model = TruthModel(small_world, eval_dm.eval_index)
-    evaluator = Evaluator(model, EvalOptions(("novel-depth",), baseline_depth_m=9.0), CAMERAS)
+    evaluator = Evaluator(model, EvalOptions(("novel-depth",)), CAMERAS, baseline_depth_m=9.0)
     index = eval_dm.eval_index
-    batch = next(eval_dm.iter_eval_batches([1]))
+    batch = next(eval_dm.iter_eval_batches([1], novel_views=True))
     scene, pose, t_us = model.scene_at(batch.sample_tokens[0])
     views = batch.novel[0]
     spacing = views.image_hw[1] / eval_lattice_hw(views.image_hw, 0.5)[1]
@@ -366,13 +376,6 @@ def test_missing_truth_raises_naming_the_sample():
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_pipeline(tiny_run):
-    from selfocc_ns.scripts.eval import load_pipeline
-
-    _, pipeline, _, _ = load_pipeline(tiny_run, max_workers=0)
-    return pipeline
-
 
 def test_depth_only_render_equals_the_full_render_and_chunks_rays(tiny_pipeline):
     """Rendering from the SDF channel alone gives the same depth as the full field; eval renders never
@@ -407,8 +410,12 @@ def test_depth_only_render_equals_the_full_render_and_chunks_rays(tiny_pipeline)
 
 
 def test_pipeline_reports_floats_for_ns_eval_and_names_the_protocol(tiny_pipeline):
-    tiny_pipeline.config.eval_tasks = ("occupancy",)
-    metrics = tiny_pipeline.get_average_eval_image_metrics(get_std=True)
+    configured = tiny_pipeline.config.evaluation
+    tiny_pipeline.config.evaluation = dataclasses.replace(configured, tasks=("occupancy",))
+    try:
+        metrics = tiny_pipeline.get_average_eval_image_metrics(get_std=True)
+    finally:
+        tiny_pipeline.config.evaluation = configured
     assert all(isinstance(v, float) for v in metrics.values())
     assert metrics["occ/protocol/selfocc"] == 1.0 and metrics["occ/threshold_m"] == 0.0
     assert metrics["occ/num_samples"] == 4.0 and 0.0 <= metrics["occ/iou"] <= 1.0

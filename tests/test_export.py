@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_command
+from conftest import run_command, training_dir
 from PIL import Image
 from plyfile import PlyData
 
@@ -19,17 +19,6 @@ from selfocc_ns.metrics import OccupancyMetricAccumulator
 from selfocc_ns.scripts.export import MANIFEST_NAME, SelfOccExport, select_indices
 
 
-def training_dir(config: Path) -> Path:
-    """The folder ns-train ran in (config is <dir>/outputs/<experiment>/<method>/<timestamp>/config.yml)."""
-    return config.parents[4]
-
-
-@pytest.fixture(scope="module")
-def tiny_pipeline(tiny_run):
-    from selfocc_ns.scripts.eval import load_pipeline
-
-    _, pipeline, _, _ = load_pipeline(tiny_run, max_workers=0)
-    return pipeline
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +98,7 @@ def test_exported_grids_reevaluate_to_the_in_memory_numbers(exported, tiny_pipel
 def test_export_fed_back_as_gts_scores_itself_perfectly(tiny_run, tiny_pipeline, tmp_path):
     """The clean-protocol export of every keyframe (both splits: the dataparser wants a gt for each), given
     back as --gts-dir, is a perfect prediction of itself: the layout is the Occ3D gts layout."""
+    from selfocc_ns.eval.options import EvalOptions
     from selfocc_ns.scripts.eval import SelfOccEval
 
     out = tmp_path / "occ3d"
@@ -117,8 +107,8 @@ def test_export_fed_back_as_gts_scores_itself_perfectly(tiny_run, tiny_pipeline,
     manifest = SelfOccExport(tiny_run, out, protocol="occ3d").main()
     assert sorted(p.name for p in out.glob("*.json")) == ["export_train.json", "export_val.json"]
     assert manifest["num_samples"] == 4 and manifest["protocol"] == "occ3d"
-    report = SelfOccEval(tiny_run, task=("occupancy",), protocol="occ3d", gts_dir=out, all_samples=True,
-                         baseline=False).main()
+    options = EvalOptions(tasks=("occupancy",), occupancy_protocol="occ3d", baseline=False)
+    report = SelfOccEval(tiny_run, evaluation=options, gts_dir=out, all_samples=True).main()
     results = report["results"]
     assert results["occ/protocol"] == "occ3d" and results["occ/num_samples"] == 4
     assert not any("baseline" in key for key in results) and report["baselines"] == {}

@@ -7,6 +7,8 @@ against the truth are the signals that move in a short CPU run (median-scaled me
 
 from __future__ import annotations
 
+import dataclasses
+
 import random
 from pathlib import Path
 
@@ -22,6 +24,16 @@ from selfocc_ns.model.rays import eval_lattice_hw, fixed_lattice_px
 OVERFIT_STEPS = 90
 
 
+def with_value(config, path: str, value):
+    """`config` with the (dotted) field `path` set to `value`; frozen sub-configs are replaced, not mutated."""
+    head, _, rest = path.partition(".")
+    new = with_value(getattr(config, head), rest, value) if rest else value
+    if dataclasses.is_dataclass(config) and config.__dataclass_params__.frozen:
+        return dataclasses.replace(config, **{head: new})
+    setattr(config, head, new)
+    return config
+
+
 def tiny_trainer(world: Path, output_dir: Path, world_size: int = 1, local_rank: int = 0, **overrides):
     """An in-process selfocc-tiny trainer on the world, set up (model, optimizers, data)."""
     config = tiny.trainer_config()
@@ -33,12 +45,7 @@ def tiny_trainer(world: Path, output_dir: Path, world_size: int = 1, local_rank:
     config.steps_per_eval_image = config.steps_per_eval_batch = config.steps_per_eval_all_images = 10**9
     config.steps_per_save = 10**9
     for path, value in overrides.items():
-        target = config
-        *parents, leaf = path.split(".")
-        for name in parents:
-            target = getattr(target, name)
-        setattr(target, leaf, value)
-    config.pipeline.model.sync()
+        config = with_value(config, path, value)
     config.set_timestamp()
     # seeded as `ns-train` seeds each process (machine.seed + rank), so the initial weights do not depend on
     # which tests ran before
@@ -102,7 +109,7 @@ def test_overfit_one_keyframe_lowers_reprojection_and_depth_error(small_world, t
         small_world,
         tmp_path,
         **{
-            "pipeline.datamanager.cur_prob": 1.0,  # rays from the keyframe's own cameras: truth depth exists
+            "pipeline.datamanager.sampling.cur_prob": 1.0,  # rays from the keyframe's own cameras: truth depth exists
             "pipeline.model.renderer.train_lattice_hw": (16, 32),
             "pipeline.model.renderer.num_samples": 48,
         },

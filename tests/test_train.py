@@ -36,10 +36,11 @@ def test_the_four_methods_are_registered_with_their_presets():
         assert name in methods and descriptions[name]
     occ, depth = methods["selfocc"], methods["selfocc-depth"]
     assert occ.pipeline.model.grid_xyz == (257, 257, 25) and depth.pipeline.model.grid_xyz == (257, 257, 31)
-    assert occ.pipeline.model.encoder.grid_xyz == (257, 257, 25)  # range and grid reach the encoder and field
-    assert depth.pipeline.model.field.range_m == (-51.2, -51.2, -4.0, 51.2, 51.2, 5.0)
-    assert occ.pipeline.datamanager.max_dist_m == 30.0 and depth.pipeline.datamanager.max_dist_m == 6.0
-    assert depth.pipeline.datamanager.cur_prob == 1.0 and depth.pipeline.datamanager.ray_crop_fraction == 1.0
+    assert depth.pipeline.model.range_m == (-51.2, -51.2, -4.0, 51.2, 51.2, 5.0)
+    occ_dm, depth_dm = occ.pipeline.datamanager, depth.pipeline.datamanager
+    assert occ_dm.sampling.max_dist_m == 30.0 and depth_dm.sampling.max_dist_m == 6.0
+    assert depth_dm.sampling.cur_prob == 1.0 and depth_dm.geometry.ray_crop_fraction == 1.0
+    assert occ.pipeline.evaluation.tasks == ("depth", "occupancy") and depth.pipeline.evaluation.tasks == ("depth",)
     assert occ.max_num_iterations == 12 * 3516 and occ.grad_clip_max_norm == 35.0
     assert occ.optimizers["backbone"]["optimizer"].lr == pytest.approx(0.1 * occ.optimizers["model"]["optimizer"].lr)
 
@@ -50,8 +51,12 @@ def test_ns_train_help_lists_the_flags():
     for flag in ("--data-dir", "--cameras", "--include-sweeps", "--gts-dir", "--semantics-dir", "--train-split-fraction"):
         assert flag in out.stdout
     out = subprocess.run(["ns-train", "selfocc-tiny", "--help"], capture_output=True, text=True, timeout=300)
-    for flag in ("--pipeline.model.reprojection-loss-weight", "--pipeline.datamanager.cur-prob", "--grad-clip-max-norm"):
+    for flag in ("--pipeline.model.reprojection-loss-weight", "--pipeline.datamanager.sampling.cur-prob",
+                 "--pipeline.datamanager.geometry.scale-rate", "--pipeline.evaluation.tasks", "--grad-clip-max-norm"):
         assert flag in out.stdout
+    # scene-wide quantities live on the model config only: a copy on the field or encoder would be ignored
+    for flag in ("--pipeline.model.field.grid-xyz", "--pipeline.model.encoder.range-m", "--pipeline.model.field.bev"):
+        assert flag not in out.stdout
 
 
 def test_tiny_run_logs_every_loss_and_saves_checkpoints(tiny_run):

@@ -165,13 +165,10 @@ def test_predicted_layer_follows_the_threshold():
 # -- on the tiny checkpoint ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def pipeline(tiny_run):
-    from nerfstudio.utils.eval_utils import eval_setup
-
-    _, pipeline, _, _ = eval_setup(tiny_run, test_mode="test")
-    pipeline.eval()
-    return pipeline
+@pytest.fixture()
+def pipeline(tiny_pipeline):
+    """The session pipeline (eval mode, viewer attached)."""
+    return tiny_pipeline
 
 
 def dataset_camera(outputs, image_path) -> Cameras:

@@ -1,4 +1,4 @@
-"""The batch the datamanager yields and the model consumes (DESIGN.md section 3).
+"""The batch the datamanager yields and the model consumes (docs/architecture.md).
 
 All poses are expressed in the reference ego frame of the input keyframe t (x forward, y left, z up,
 metres); cameras are OpenCV (x right, y down, z forward). Intrinsics always refer to the pixel grid
@@ -68,8 +68,12 @@ class SelfOccBatch:
     """(B,) bool: the anchor is the input keyframe itself."""
     scene_names: List[str] = field(default_factory=list)
     sample_tokens: List[str] = field(default_factory=list)
+    step: int = 0
+    """Training step the batch was drawn for (with `rank`, seeds the model's ray lattices and jitter)."""
+    rank: int = 0
+    """Global rank that drew it."""
     info: Dict[str, Any] = field(default_factory=dict)
-    """Free-form bookkeeping (frame indices, timings)."""
+    """Bookkeeping for logs and tests: frame indices, source frames, sampling fallback counters."""
 
     @property
     def batch_size(self) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple, Type, Union
+from typing import Dict, Iterator, List, Literal, Optional, Tuple, Type, Union
 
 import torch
 import torch.distributed as dist
@@ -32,7 +32,7 @@ from selfocc_ns.data.sampling import FrameSamplingConfig
 
 @dataclass
 class SelfOccDataManagerConfig(DataManagerConfig):
-    """Surround-view temporal samples for SelfOcc (DESIGN.md section 3)."""
+    """Surround-view temporal samples for SelfOcc (docs/architecture.md)."""
 
     _target: Type = field(default_factory=lambda: SelfOccDataManager)
     dataparser: AnnotatedDataParserUnion = field(default_factory=SelfOccNuScenesDataParserConfig)
@@ -45,30 +45,12 @@ class SelfOccDataManagerConfig(DataManagerConfig):
     """Batches each worker loads ahead."""
     seed: int = 42
     """Seed of the sample order and of the anchor/source draws."""
-    input_crop_fraction: float = 768 / 900
-    """Fraction of the image height, from the top, the network sees (official occ/novel-depth 768/900, depth 896/900)."""
-    ray_crop_fraction: float = 768 / 900
-    """Fraction of the image height, from the top, that rays and losses use (official depth preset: 1.0)."""
-    scale_rate: float = 0.5
-    """Network input = the input crop scaled by this (official 0.5)."""
-    cur_prob: float = 0.333
-    """Probability that the anchor (ray-casting) frame is the input keyframe itself."""
-    prev_prob: float = 0.5
-    """Otherwise, the probability that the anchor lies before the input keyframe."""
-    min_dist_m: float = 0.4
-    """Anchor and source frames are at least this far (CAM_FRONT centres) from their reference."""
-    max_dist_m: float = 30.0
-    """Anchor frames are at most this far from the input keyframe (official: occ 30, depth 6, novel depth 10)."""
-    source_max_dist_m: float = 30.0
-    """Source frames are at most this far from the anchor."""
-    source_mu_m: float = 0.5
-    """Sources are drawn with a Gaussian of their distance to the anchor: mean."""
-    source_sigma_m: float = 0.5
-    """... and sigma."""
+    geometry: ImageGeometryConfig = field(default_factory=ImageGeometryConfig)
+    """Image crops and the network's input scale."""
+    sampling: FrameSamplingConfig = field(default_factory=FrameSamplingConfig)
+    """Which frames a training step uses: the anchor and, per camera, two sources."""
     use_semantics: Literal["auto", "on", "off"] = "auto"
     """Load 2D labels of the anchor images: 'auto' follows the model's semantic loss."""
-    eval_novel_views: bool = False
-    """Load the neighbour frames' poses and LiDAR for novel-depth evaluation."""
 
 
 class StepSampler(Sampler):
@@ -162,27 +144,21 @@ class SelfOccDataManager(DataManager):
             return self.config.use_semantics == "on"
         return bool(self._use_semantics)
 
-    def _geometry(self) -> ImageGeometryConfig:
-        c = self.config
-        return ImageGeometryConfig(c.input_crop_fraction, c.ray_crop_fraction, c.scale_rate)
-
-    def _sampling(self) -> FrameSamplingConfig:
-        c = self.config
-        return FrameSamplingConfig(
-            c.cur_prob, c.prev_prob, c.min_dist_m, c.max_dist_m, c.source_max_dist_m, c.source_mu_m, c.source_sigma_m
-        )
-
-    def make_dataset(self, split: Literal["train", "eval"], mode: Literal["train", "eval"]) -> SelfOccSampleDataset:
+    def make_dataset(
+        self, split: Literal["train", "eval"], mode: Literal["train", "eval"], novel_views: bool = False
+    ) -> SelfOccSampleDataset:
+        """Samples of a split; `mode` 'train' draws anchors and sources, 'eval' loads the truth (LiDAR, Occ3D
+        gts and, with `novel_views`, the neighbour frames' cameras and LiDAR for novel-depth evaluation)."""
         index = self.train_index if split == "train" else self.eval_index
         return SelfOccSampleDataset(
             index,
-            self._geometry(),
-            self._sampling(),
+            self.config.geometry,
+            self.config.sampling,
             mode=mode,
             use_semantics=self.use_semantics,
             seed=self.config.seed,
             rank=self.rank,
-            novel_views=self.config.eval_novel_views and mode == "eval",
+            novel_views=novel_views and mode == "eval",
         )
 
     def _loader(self, dataset, sampler, batch_size: int) -> DataLoader:
@@ -221,7 +197,7 @@ class SelfOccDataManager(DataManager):
         start = time.perf_counter()
         batch: SelfOccBatch = next(self._train_iter)
         self.data_wait_s = time.perf_counter() - start
-        batch.info.update(step=step, rank=self.rank)  # seeds the model's per-step lattices and jitter
+        batch.step, batch.rank = step, self.rank  # seeds the model's per-step lattices and jitter
         self._train_next_step = step + 1
         self.train_count += 1
         return batch.to(self.device), {"data_wait_s": self.data_wait_s}
@@ -231,6 +207,7 @@ class SelfOccDataManager(DataManager):
         dataset = self.make_dataset("eval", "train")
         sample = (step // max(1, self.world_size) * self.world_size + self.rank) % len(dataset)
         batch = collate_samples([dataset[(sample, step, 0)]])
+        batch.step, batch.rank = step, self.rank
         self.eval_count += 1
         return batch.to(self.device), {}
 
@@ -241,9 +218,10 @@ class SelfOccDataManager(DataManager):
         self._eval_image_count += 1
         return collate_samples([dataset[(sample, step, 0)]]).to(self.device), {}
 
-    def iter_eval_batches(self, indices: Optional[List[int]] = None) -> Iterator[SelfOccBatch]:
-        """Every eval keyframe of this rank's shard (or the given sample indices), loaded in the background."""
-        dataset = self.make_dataset("eval", "eval")
+    def iter_eval_batches(self, indices: Optional[List[int]] = None, novel_views: bool = False) -> Iterator[SelfOccBatch]:
+        """Every eval keyframe of this rank's shard (or the given sample indices), loaded in the background;
+        `novel_views` adds the neighbour frames novel-depth evaluation renders."""
+        dataset = self.make_dataset("eval", "eval", novel_views)
         if indices is None:
             indices = list(range(self.rank, len(dataset), self.world_size))
         keys = [(i, 0, 0) for i in indices]
@@ -261,8 +239,3 @@ class SelfOccDataManager(DataManager):
 
     def get_param_groups(self) -> Dict[str, List[torch.nn.Parameter]]:
         return {}
-
-    def describe_sample(self, split: Literal["train", "eval"], sample_idx: int) -> Dict[str, Any]:
-        index = self.train_index if split == "train" else self.eval_index
-        frame = index.sample_frame(sample_idx)
-        return {"scene": frame.scene_name, "sample_token": frame.sample_token, "timestamp_us": frame.timestamp_us}

@@ -1,4 +1,4 @@
-"""Maps from a 2D segmentor's own class ids to this project's label ids (DESIGN.md section 2).
+"""Maps from a 2D segmentor's own class ids to this project's label ids (docs/architecture.md).
 
 Label ids: Occ3D classes 0..16, 17 = sky, 255 = ignore. A map is a lookup table `lut` of 256
 uint8 entries: label = lut[segmentor id]; ids the map does not name become 255 (ignore).

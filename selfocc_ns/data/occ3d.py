@@ -1,6 +1,6 @@
 """Occ3D-nuScenes constants: grid, class table, palette, and labels.npz read/write.
 
-Grid (DESIGN.md section 2): x, y in [-40, 40] m, z in [-1, 5.4] m, voxel 0.4 m, shape (200, 200, 16),
+Grid: x, y in [-40, 40] m, z in [-1, 5.4] m, voxel 0.4 m, shape (200, 200, 16),
 index order [x, y, z], index 0 at the minimum corner, ego frame of the keyframe (x forward, y left, z up).
 """
 

@@ -1,4 +1,4 @@
-"""Which frames a training step uses (official `nuScenes_One_Frame_Sweeps_Dist`, DESIGN.md section 3).
+"""Which frames a training step uses (official `nuScenes_One_Frame_Sweeps_Dist`; docs/architecture.md).
 
 - input: always a keyframe t;
 - anchor (casts the training rays): t with probability `cur_prob`, else a frame before t (probability

@@ -1,4 +1,4 @@
-"""SelfOcc's evaluation protocols run over an eval split (DESIGN.md section 5).
+"""SelfOcc's evaluation protocols run over an eval split (docs/evaluation.md).
 
 - depth: expected depth on the eval lattice of every camera of the keyframe, read bilinearly at the
   projections of its LiDAR points (1 < d < 80 m), prediction clamped to [1e-3, 80]; 7 metrics raw and
@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Literal, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Literal, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from torch import Tensor
 from selfocc_ns.data.batch import SelfOccBatch
 from selfocc_ns.data.dataset import load_lidar_points, transform_points
 from selfocc_ns.data.frames import SelfOccIndex
+from selfocc_ns.eval.options import EvalOptions
 from selfocc_ns.metrics import (
     DepthHistogramMedian,
     DepthMetricAccumulator,
@@ -43,39 +44,28 @@ from selfocc_ns.metrics import (
 from selfocc_ns.metrics.distributed import all_reduce_sum
 from selfocc_ns.model.field_grid import FieldGrid, query_field
 
-EvalTask = Literal["depth", "novel-depth", "occupancy"]
-EVAL_TASKS: Tuple[str, ...] = ("depth", "novel-depth", "occupancy")
 NOVEL_BASELINE_PREFIX = "novel_depth_baseline"
 """Key prefix of the constant-depth baseline of the novel-depth task (a block of its own in the summary)."""
 NOVEL_MIN_DEPTH_M = 1e-3
 """Official lower cut of LiDAR depths for novel depth (the depth task uses 1 m)."""
 
 
-@dataclass
-class EvalOptions:
-    """What to evaluate and how (the protocol choices of DESIGN.md section 5)."""
+class EvaluableModel(Protocol):
+    """What the evaluator needs from a model (`SelfOccModel` is one; tests use exact-truth stand-ins)."""
 
-    tasks: Tuple[EvalTask, ...] = ("depth",)
-    """Tasks to run: depth, novel-depth, occupancy."""
-    occupancy_protocol: Literal["selfocc", "occ3d"] = "selfocc"
-    """'selfocc': official (linspace points, crops, mIoU over 1..16); 'occ3d': voxel centres, no crops."""
-    occupancy_threshold: float = 0.0
-    """Occupied where SDF <= this (metres; official 0)."""
-    flip: bool = False
-    """Horizontal-flip test-time augmentation of the depth task (official --flip)."""
-    baseline_depth_m: Optional[float] = None
-    """Constant of the constant-median-depth baseline (median training LiDAR depth); None: no baseline."""
-    flat_ground_baseline: bool = True
-    """Score the flat-ground occupancy baseline beside the model."""
-    lattice_fraction: Optional[float] = None
-    """Eval lattice as a fraction of the ray crop (None: the model's, 0.5 = the official 450x800)."""
-    depth_only_render: bool = True
-    """Render depth from the SDF channel alone (same depth; skips reading colour and semantic channels)."""
+    semantic_channels: int
+    """Semantic logits per voxel (0: geometry only)."""
+    eval_lattice_fraction: float
+    """Default depth lattice as a fraction of the ray crop."""
 
-    def __post_init__(self) -> None:
-        unknown = [t for t in self.tasks if t not in EVAL_TASKS]
-        if unknown:
-            raise ValueError(f"unknown eval task(s) {unknown}; expected some of {EVAL_TASKS}")
+    def encode(self, batch: SelfOccBatch) -> FieldGrid:
+        """The decoded field grid of every input keyframe of the batch."""
+        ...
+
+    def render_depth(self, grid: FieldGrid, intrinsics: Tensor, cam2ego: Tensor, image_hw: Tuple[int, int],
+                     lattice_fraction: Optional[float] = None) -> Any:
+        """Depth on the eval lattice of every camera: an object whose `.depth` is [B, N, h, w, 1]."""
+        ...
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,21 +170,23 @@ def lidar_depth_pairs(
 class Evaluator:
     """Accumulates the chosen tasks' metrics over batches; `results()` gives one flat dict.
 
-    `model` needs `encode(batch) -> FieldGrid`, `render_depth(grid, K, cam2ego, image_hw, lattice_fraction)`
-    (an object with `.depth` [B, N, h, w, 1]) and `config.field.num_semantic_classes`.
+    `baseline_depth_m` is the constant of the constant-median-depth baseline (the median training LiDAR depth);
+    None scores no depth baseline.
     """
 
-    def __init__(self, model, options: EvalOptions, camera_names: Sequence[str]):
+    def __init__(self, model: EvaluableModel, options: EvalOptions, camera_names: Sequence[str],
+                 baseline_depth_m: Optional[float] = None):
         self.model = model
         self.options = options
         self.camera_names = tuple(camera_names)
-        self.depth = DepthMetricAccumulator(self.camera_names, baseline_depth_m=options.baseline_depth_m)
+        self.baseline_depth_m = baseline_depth_m if options.baseline else None
+        self.depth = DepthMetricAccumulator(self.camera_names, baseline_depth_m=self.baseline_depth_m)
         self.novel = NovelDepthAccumulator(self.camera_names)
         self.novel_baseline = NovelDepthAccumulator(self.camera_names, prefix=NOVEL_BASELINE_PREFIX)
         self.occ = OccupancyMetricAccumulator(
             options.occupancy_protocol,
-            semantic=model.config.field.num_semantic_classes > 0,
-            flat_ground_baseline_z_m=0.0 if options.flat_ground_baseline else None,
+            semantic=model.semantic_channels > 0,
+            flat_ground_baseline_z_m=0.0 if options.baseline else None,
         )
         self.samples = 0
         self.seconds = {"encode": 0.0, "depth": 0.0, "novel-depth": 0.0, "occupancy": 0.0}
@@ -233,8 +225,7 @@ class Evaluator:
         """The depth lattice as a fraction of the image actually used (option, else the model's default)."""
         if self.options.lattice_fraction is not None:
             return self.options.lattice_fraction
-        renderer = getattr(self.model.config, "renderer", None)
-        return float(getattr(renderer, "eval_lattice_fraction", 0.5))
+        return float(self.model.eval_lattice_fraction)
 
     def _check_truth(self, batch: SelfOccBatch) -> None:
         """One clear error, naming the sample, when a task's ground truth is missing (nothing is skipped)."""
@@ -244,7 +235,7 @@ class Evaluator:
             raise ValueError(f"depth evaluation needs LiDAR; sample {sample} has none")
         if "novel-depth" in tasks and batch.novel is None:
             raise ValueError(f"novel-depth evaluation needs the neighbour frames of sample {sample} "
-                             "(datamanager eval_novel_views)")
+                             "(iter_eval_batches(..., novel_views=True))")
         if "occupancy" in tasks and batch.occ_semantics is None:
             raise ValueError(f"occupancy evaluation needs Occ3D gts, sample {sample} has none "
                              "(pass --gts-dir to the dataparser)")
@@ -274,7 +265,7 @@ class Evaluator:
         return depth
 
     def _novel_depth(self, batch: SelfOccBatch, grid: FieldGrid) -> None:
-        baseline_m = self.options.baseline_depth_m
+        baseline_m = self.baseline_depth_m
         for b, views in enumerate(batch.novel or []):
             item = grid.select(b)
             if self.options.depth_only_render and isinstance(item, FieldGrid):
@@ -313,9 +304,9 @@ class Evaluator:
             out["depth/flip"] = float(opts.flip)
         if "novel-depth" in opts.tasks:
             out.update(self.novel.compute())
-            if opts.baseline_depth_m is not None:
+            if self.baseline_depth_m is not None:
                 out.update(self.novel_baseline.compute())
-                out[f"{NOVEL_BASELINE_PREFIX}/depth_m"] = float(opts.baseline_depth_m)
+                out[f"{NOVEL_BASELINE_PREFIX}/depth_m"] = float(self.baseline_depth_m)
         if "depth" in opts.tasks or "novel-depth" in opts.tasks:
             out["eval/lattice_fraction"] = float(self.lattice_fraction())
         if "occupancy" in opts.tasks:

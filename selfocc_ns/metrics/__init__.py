@@ -1,4 +1,4 @@
-"""Evaluation metrics of the official SelfOcc protocol (DESIGN.md section 5), with baselines.
+"""Evaluation metrics of the official SelfOcc protocol (docs/evaluation.md), with baselines.
 
 - depth: `depth_errors`, `sample_depth_at_points`, `project_lidar`, `DepthMetricAccumulator`,
   `NovelDepthAccumulator`, `constant_median_depth_baseline`, `DepthHistogramMedian`;

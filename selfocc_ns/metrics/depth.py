@@ -1,4 +1,4 @@
-"""Depth metrics with the official SelfOcc protocol (DESIGN.md section 5).
+"""Depth metrics with the official SelfOcc protocol (docs/evaluation.md).
 
 Protocol (official `eval_depth.py` / `cal_depth_metric`):
 - ground truth: the keyframe's LiDAR points projected into each camera, kept when

@@ -83,7 +83,7 @@ def semantic_ids(semantics: Union[Float[Tensor, "X Y Z C"], Int[Tensor, "X Y Z"]
     """Class ids from either logits / probabilities (argmax over channels 1..16) or ids (returned as is).
 
     Logits follow the semantic head's channel order (Occ3D ids 0..16, then sky 17); the argmax
-    skips 0 (others) and 17 (sky), as DESIGN.md section 2 fixes for occupancy semantics.
+    skips 0 (others) and 17 (sky), as the official protocol does for occupancy semantics.
     """
     if semantics.is_floating_point():
         if semantics.shape[-1] < 17:

@@ -1,4 +1,4 @@
-"""The SelfOcc field: TPV/BEV planes -> a decoded grid of SDF, colour and semantic logits (DESIGN.md 4.3).
+"""The SelfOcc field: TPV/BEV planes -> a decoded grid of SDF, colour and semantic logits (docs/architecture.md).
 
 The encoder's planes are broadcast-summed into a dense feature volume and a small per-voxel MLP
 (Softplus -> Linear(C, hidden) -> Softplus -> Linear(hidden, 1 + 3 + 18)) turns every grid point into
@@ -8,7 +8,10 @@ does), then the semantic logits. Reading points, gradients and Hessians of that 
 
 Geometric prior (`sdf_prior`): an analytic SDF evaluated at the grid points is *added* to the decoded SDF
 channel and the last layer's SDF row starts at zero, so the untrained field is exactly the prior and the
-network learns a residual (a reparametrisation: any SDF is still reachable).
+network learns a residual (a reparametrisation: any SDF is still reachable). `sdf_output_scale_m` > 1 lets
+short runs move surfaces by metres (Adam's steps are scale-free in the output). The 'ground_shell' wall
+only catches rays that reach it before leaving through the top of the box: with the occ range (z_max
+5.4 m) a nuScenes camera (1.6 m high, 19.6 deg half vertical FOV) needs a radius <= ~10 m for its top rows.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from nerfstudio.cameras.rays import RaySamples
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.fields.base_field import Field, FieldConfig
-from selfocc_ns.data.occ3d import NUM_SEMANTIC_CHANNELS, OCC3D_RANGE_M
+from selfocc_ns.data.occ3d import NUM_SEMANTIC_CHANNELS
 from selfocc_ns.model.field_grid import (  # noqa: F401  (re-exported: the field's public API)
     FieldGrid,
     FieldSamples,
@@ -41,7 +44,7 @@ from selfocc_ns.model.field_grid import (  # noqa: F401  (re-exported: the field
     sdf_hessian_grid,
     sdf_to_density,
 )
-from selfocc_ns.model.planes import TPVPlanes
+from selfocc_ns.model.planes import SceneGrid, TPVPlanes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -54,12 +57,6 @@ class SelfOccFieldConfig(FieldConfig):
     """Decoder from TPV/BEV planes to the SDF / colour / semantics grid."""
 
     _target: Type = field(default_factory=lambda: SelfOccField)
-    range_m: Tuple[float, float, float, float, float, float] = OCC3D_RANGE_M
-    """Scene range (x_min, y_min, z_min, x_max, y_max, z_max) in metres, ego frame."""
-    grid_xyz: Tuple[int, int, int] = (257, 257, 25)
-    """Grid points per axis (ends included); must match the encoder's planes."""
-    feature_dim: int = 96
-    """Channels of the TPV planes."""
     hidden_dim: int = 96
     """Width of the hidden layer of the per-voxel MLP."""
     use_rgb: bool = True
@@ -68,23 +65,16 @@ class SelfOccFieldConfig(FieldConfig):
     """Semantic logits per voxel (18 = Occ3D 0..16 + sky); 0 disables the semantic head."""
     rgb_activation: Literal["relu", "sigmoid"] = "relu"
     """Activation applied to sampled colour (official: relu)."""
-    bev: bool = False
-    """Planes are BEV only (xy); a learnable per-height embedding [C, Z] lifts them to a volume."""
     sdf_output_scale_m: float = 1.0
-    """The decoded SDF channel is multiplied by this (metres per unit of network output; official 1). Larger
-    values let short runs move surfaces by metres (Adam's steps are scale-free in the output)."""
+    """Metres of SDF per unit of the decoder's SDF output (official 1)."""
     prior_zero_init: bool = True
-    """With a prior, zero-initialise the SDF output row so the untrained field IS the prior. False keeps the
-    random initial residual (the official field's behaviour) on top of the prior."""
+    """With a prior: zero the SDF output row so the untrained field is exactly the prior."""
     sdf_prior: SdfPrior = "none"
     """Analytic SDF added to the decoded SDF: none, ground plane, or ground plane + cylinder wall."""
     ground_z_m: float = 0.0
     """Height of the prior's ground plane in the ego frame (nuScenes ego origin is on the ground)."""
     shell_radius_m: float = 30.0
-    """Radius of the prior's vertical cylinder wall around the ego z axis ('ground_shell'). Rays that
-    leave through the top of the box before reaching the wall still hit nothing: with the occ range
-    (z_max 5.4 m) a nuScenes camera (1.6 m high, 19.6 deg half vertical FOV) needs <= ~10 m for its top
-    rows; at 30 m roughly its upper third of rows starts empty."""
+    """Radius of the 'ground_shell' prior's cylinder wall around the ego z axis."""
     decode_chunk_x: int = 32
     """Decode this many x slices at a time (the full feature volume is never materialised)."""
     checkpoint_decoder: bool = False
@@ -101,14 +91,17 @@ class SelfOccField(Field):
 
     config: SelfOccFieldConfig
 
-    def __init__(self, config: SelfOccFieldConfig) -> None:
+    def __init__(self, config: SelfOccFieldConfig, scene: SceneGrid, feature_dim: int, bev: bool = False) -> None:
         super().__init__()
         self.config = config
+        self.scene = scene
+        self.bev = bev
+        """Planes are BEV only (xy): a learnable per-height embedding [C, Z] lifts them to a volume."""
         num_rgb = 3 if config.use_rgb else 0
         out_dim = 1 + num_rgb + config.num_semantic_classes
         self.decoder = nn.Sequential(
             nn.Softplus(),
-            nn.Linear(config.feature_dim, config.hidden_dim),
+            nn.Linear(feature_dim, config.hidden_dim),
             nn.Softplus(),
             nn.Linear(config.hidden_dim, out_dim),
         )
@@ -120,12 +113,12 @@ class SelfOccField(Field):
                 self.decoder[-1].bias[0].zero_()
         self.register_buffer(
             "prior_sdf",
-            prior_sdf_grid(config.sdf_prior, config.range_m, config.grid_xyz, config.ground_z_m, config.shell_radius_m),
+            prior_sdf_grid(config.sdf_prior, scene.range_m, scene.grid_xyz, config.ground_z_m, config.shell_radius_m),
             persistent=False,
         )
-        if config.bev:
+        if bev:
             # BEV has no z plane: a learnable per-height feature [C, Z] tells heights apart.
-            self.z_embedding = nn.Parameter(0.1 * torch.randn(config.feature_dim, config.grid_xyz[2]))
+            self.z_embedding = nn.Parameter(0.1 * torch.randn(feature_dim, scene.grid_xyz[2]))
         else:
             self.register_parameter("z_embedding", None)
         self._current_grid: Optional[FieldGrid] = None
@@ -148,11 +141,11 @@ class SelfOccField(Field):
         Decoded `decode_chunk_x` x-slices at a time: each slab's feature volume exists only inside the
         chunk (and, with `checkpoint_decoder`, is recomputed in backward instead of being stored).
         """
-        nx, ny, nz = self.config.grid_xyz
+        nx, ny, nz = self.scene.grid_xyz
         if planes.xy.shape[-2:] != (nx, ny) or (not planes.is_bev and planes.xz.shape[-1] != nz):  # type: ignore[union-attr]
-            raise ValueError(f"planes do not match grid_xyz {self.config.grid_xyz}: xy {tuple(planes.xy.shape)}")
-        if planes.is_bev != self.config.bev:
-            raise ValueError(f"field configured with bev={self.config.bev} but got bev={planes.is_bev} planes")
+            raise ValueError(f"planes do not match grid_xyz {self.scene.grid_xyz}: xy {tuple(planes.xy.shape)}")
+        if planes.is_bev != self.bev:
+            raise ValueError(f"field built with bev={self.bev} but got bev={planes.is_bev} planes")
         chunks = []
         step = max(1, self.config.decode_chunk_x)
         for x0 in range(0, nx, step):
@@ -171,7 +164,7 @@ class SelfOccField(Field):
         values = torch.cat([values[:, :1] * self.config.sdf_output_scale_m + prior, values[:, 1:]], dim=1)
         return FieldGrid(
             values=values,
-            range_m=tuple(self.config.range_m),  # type: ignore[arg-type]
+            range_m=self.scene.range_m,
             rgb_channels=self.rgb_channels,
             semantic_channels=self.config.num_semantic_classes,
             rgb_activation=self.config.rgb_activation,

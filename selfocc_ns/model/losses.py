@@ -1,4 +1,4 @@
-"""SelfOcc losses, one function each (DESIGN.md 4.6; official loss/*.py). Weights live in the config.
+"""SelfOcc losses, one function each (official loss/*.py). Weights live in the config.
 
 Lattice images are channels-last [B, N, h, w, C] (B batch items, N cameras, h x w ray lattice), as the
 renderer returns them. Every loss returns a scalar; the reduction is stated per function.
@@ -157,7 +157,7 @@ def edge_aware_smoothness(
 ) -> Tensor:
     """Monodepth2 get_smooth_loss on the lattice depth map, per image normalised by its mean.
 
-    `of="disparity"` (DESIGN.md: mean-normalised disparity 1 / depth, as Monodepth2) or `"depth"`
+    `of="disparity"` (mean-normalised disparity 1 / depth, as Monodepth2) or `"depth"`
     (what the official EdgeLoss3DMS code feeds: depth / mean depth). |d x-gradient| exp(-|image
     x-gradient|) mean + the same along y, means over all images (Monodepth2 reduction).
     """

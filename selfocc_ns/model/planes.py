@@ -17,6 +17,16 @@ from jaxtyping import Float
 from torch import Tensor
 
 
+@dataclass(frozen=True)
+class SceneGrid:
+    """The scene box and its grid points: set once on the model config, handed to the encoder and the field."""
+
+    range_m: Tuple[float, float, float, float, float, float]
+    """x_min, y_min, z_min, x_max, y_max, z_max in metres, reference frame of the input keyframe."""
+    grid_xyz: Tuple[int, int, int]
+    """Grid points along x, y, z, ends included."""
+
+
 @dataclass
 class TPVPlanes:
     """Three orthogonal feature planes (TPV) or the xy plane alone (BEV)."""

@@ -1,4 +1,4 @@
-"""SDF volume rendering: NeuS alpha, nerfacc compositing, camera rendering in bounded chunks (DESIGN.md 4.4-5).
+"""SDF volume rendering: NeuS alpha, nerfacc compositing, camera rendering in bounded chunks (docs/architecture.md).
 
 Per ray: entry/exit of the scene box (near >= 0), `num_samples` stratified intervals (jittered in
 training, not at eval), the field read at the interval midpoints, NeuS alpha from the SDF and its

@@ -25,6 +25,7 @@ from selfocc_ns.model import losses
 from selfocc_ns.model.backbone import ImageEncoderConfig
 from selfocc_ns.model.field import SelfOccFieldConfig
 from selfocc_ns.model.field_grid import FieldGrid
+from selfocc_ns.model.planes import SceneGrid
 from selfocc_ns.model.renderer import RenderOutputs, SelfOccRendererConfig
 from selfocc_ns.model.rays import eval_lattice_hw, fixed_lattice_px, lattice_colours, lattice_labels
 from selfocc_ns.model.tpv import TPVEncoderConfig
@@ -35,8 +36,8 @@ CameraRenderHook = Callable[[Cameras], Dict[str, Tensor]]
 
 @dataclass
 class SelfOccModelConfig(ModelConfig):
-    """SelfOcc (DESIGN.md section 4). `range_m` and `grid_xyz` here are the single source of truth: they
-    overwrite the encoder's and the field's own fields."""
+    """SelfOcc (docs/architecture.md). The scene box (`range_m`, `grid_xyz`) and the feature width
+    (`image_encoder.fpn_channels`) are set here once and handed to the encoder and the field when they are built."""
 
     _target: Type = dataclasses.field(default_factory=lambda: SelfOccModel)
     enable_collider: bool = False
@@ -77,18 +78,9 @@ class SelfOccModelConfig(ModelConfig):
     seed: int = 42
     """Seed of the per-step ray lattices, jitter and background colours (with step and rank)."""
 
-    def __post_init__(self) -> None:
-        self.sync()
-
-    def sync(self) -> None:
-        """Propagate range and grid to the encoder and the field (call after changing them)."""
-        self.encoder.range_m = tuple(self.range_m)
-        self.encoder.grid_xyz = tuple(self.grid_xyz)
-        self.field.range_m = tuple(self.range_m)  # type: ignore[assignment]
-        self.field.grid_xyz = tuple(self.grid_xyz)  # type: ignore[assignment]
-        self.field.feature_dim = self.image_encoder.fpn_channels
-        self.encoder.dim = self.image_encoder.fpn_channels
-        self.field.bev = self.encoder.representation == "bev"
+    @property
+    def scene(self) -> SceneGrid:
+        return SceneGrid(tuple(self.range_m), tuple(self.grid_xyz))  # type: ignore[arg-type]
 
 
 def ego2img_matrices(intrinsics: Float[Tensor, "*cams 3 3"], cam2ego: Float[Tensor, "*cams 4 4"]) -> Float[Tensor, "*cams 4 4"]:
@@ -106,16 +98,27 @@ class SelfOccModel(Model):
 
     def populate_modules(self):
         super().populate_modules()
-        self.config.sync()
-        self.image_encoder = self.config.image_encoder.setup()
-        self.encoder = self.config.encoder.setup()
-        self.field = self.config.field.setup()
+        cfg = self.config
+        feature_dim = cfg.image_encoder.fpn_channels
+        self.image_encoder = cfg.image_encoder.setup()
+        self.encoder = cfg.encoder.setup(scene=cfg.scene, dim=feature_dim)
+        self.field = cfg.field.setup(scene=cfg.scene, feature_dim=feature_dim, bev=cfg.encoder.representation == "bev")
         self.renderer = self.config.renderer.setup()
         self._camera_render_hook: Optional[CameraRenderHook] = None
         if self.config.rgb_loss_weight > 0 and not self.config.field.use_rgb:
             raise ValueError("rgb_loss_weight > 0 needs the colour head (field.use_rgb)")
         if self.config.semantic_loss_weight > 0 and self.config.field.num_semantic_classes == 0:
             raise ValueError("semantic_loss_weight > 0 needs the semantic head (field.num_semantic_classes)")
+
+    @property
+    def semantic_channels(self) -> int:
+        """Semantic logits per voxel (0 without the semantic head)."""
+        return self.config.field.num_semantic_classes
+
+    @property
+    def eval_lattice_fraction(self) -> float:
+        """The default depth lattice of `render_depth`, as a fraction of the image."""
+        return self.config.renderer.eval_lattice_fraction
 
     @property
     def uses_semantics(self) -> bool:
@@ -140,9 +143,8 @@ class SelfOccModel(Model):
         return self.field.decode(planes)
 
     def _generator(self, batch: SelfOccBatch) -> torch.Generator:
-        step, rank = batch.info.get("step", 0), batch.info.get("rank", 0)
         generator = torch.Generator(device="cpu")
-        generator.manual_seed(hash((self.config.seed, int(step), int(rank))) % (2**62))
+        generator.manual_seed(hash((self.config.seed, int(batch.step), int(batch.rank))) % (2**62))
         return generator
 
     def get_outputs(self, batch: SelfOccBatch) -> Dict[str, Any]:  # type: ignore[override]

@@ -5,6 +5,12 @@ Learnable queries per plane (+ a Fourier positional code of the cell coordinates
 FFN -> LayerNorm] and come out as TPVPlanes (planes.py). The BEV variant keeps the xy plane only: its
 self-attention is deformable attention on that plane, its image cross-attention the TPV xy one.
 
+Sampling points: `num_points_cross` follows the official list's order ([48, 48, 8]: the xy plane samples 8
+points along z, the side planes 48 along their horizontal axis); the official code uses one sampling point per
+pillar anchor (anchors = points), TPVFormer used 4 along z and 32 along x/y. Checkpointing matters at the full
+preset: the sampled features are heads x levels x points times larger than the queries, and a layer's
+activations are ~0.7 GB.
+
 Differences from the official code, deliberate: reference points on the planes use this project's
 grid-point convention (align_corners=True; the official used i / size with align_corners=False, a
 half-cell shift); anchors behind a camera read zeros instead of a projection divided by eps.
@@ -21,7 +27,7 @@ from nerfstudio.configs.base_config import InstantiateConfig
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from selfocc_ns.model.planes import TPVPlanes
+from selfocc_ns.model.planes import SceneGrid, TPVPlanes
 from selfocc_ns.model.tpv_attention import CrossPlaneSelfAttention, DeformableImageAttention, xavier_linear
 from selfocc_ns.model.tpv_geometry import (
     MISSING_AXIS,
@@ -41,12 +47,6 @@ class TPVEncoderConfig(InstantiateConfig):
     _target: Type = field(default_factory=lambda: TPVEncoder)
     representation: Literal["tpv", "bev"] = "tpv"
     """"tpv": three planes xy, xz, yz; "bev": the xy plane only (the field adds a per-height embedding)."""
-    range_m: Tuple[float, ...] = (-40.0, -40.0, -1.0, 40.0, 40.0, 5.4)
-    """Scene box in the ego frame: x_min, y_min, z_min, x_max, y_max, z_max (metres)."""
-    grid_xyz: Tuple[int, int, int] = (257, 257, 25)
-    """Grid points along x, y, z, ends included (planes.py): xy is X x Y, xz is X x Z, yz is Y x Z."""
-    dim: int = 96
-    """Feature channels of queries, planes and image features (the FPN width)."""
     num_layers: int = 4
     """Encoder layers."""
     num_heads: int = 6
@@ -58,13 +58,9 @@ class TPVEncoderConfig(InstantiateConfig):
     num_cams: int = 6
     """Cameras (one learned embedding each)."""
     num_points_cross: Tuple[int, int, int] = (48, 48, 8)
-    """Image sampling points per head and level of a query, indexed by the query's missing axis (x, y, z):
-    yz-plane queries 48, xz-plane 48, xy-plane 8. This is the official list's order ([48, 48, 8] gives the
-    hw/xy plane 8 points along z, the side planes 48 along their horizontal axis)."""
+    """Image sampling points per head and level, by the query plane's missing axis (x, y, z): yz, xz, xy planes."""
     points_in_pillar: Tuple[int, int, int] = (48, 48, 8)
-    """Reference points (anchors) along each query's missing axis (x, y, z order, as above), spread over the
-    scene range with ends included; must divide num_points_cross. The official SelfOcc code uses one sampling
-    point per anchor (anchors = points: 48 along x/y, 8 along z); TPVFormer used 4 along z, 32 along x/y."""
+    """Reference points along each query's missing axis (x, y, z order as above); must divide num_points_cross."""
     num_points_self: int = 12
     """Sampling points per head and plane in the cross-plane self-attention."""
     pe_num_freqs: int = 12
@@ -74,11 +70,9 @@ class TPVEncoderConfig(InstantiateConfig):
     query_chunk: int = 8192
     """Queries per chunk in the deformable attentions (bounds the sampled-feature memory)."""
     checkpoint: bool = True
-    """Recompute each attention chunk in backward (activation checkpointing) when training: the sampled
-    features (heads x levels x points per query) are never all kept."""
+    """Recompute each attention chunk in backward when training (activation checkpointing)."""
     checkpoint_layers: bool = True
-    """Also recompute whole encoder layers in backward when training, so only each layer's input is kept
-    (~0.7 GB per layer at the full preset otherwise); costs one more forward of the attention."""
+    """Also recompute whole encoder layers in backward when training (keeps only each layer's input)."""
 
     def planes(self) -> Tuple[str, ...]:
         return ("xy",) if self.representation == "bev" else ("xy", "xz", "yz")
@@ -87,16 +81,16 @@ class TPVEncoderConfig(InstantiateConfig):
 class TPVEncoderLayer(nn.Module):
     """self-attention -> norm -> image cross-attention (one module per plane) -> norm -> FFN -> norm."""
 
-    def __init__(self, config: TPVEncoderConfig) -> None:
+    def __init__(self, config: TPVEncoderConfig, dim: int) -> None:
         super().__init__()
         planes = config.planes()
         self.self_attn = CrossPlaneSelfAttention(
-            config.dim, config.num_heads, len(planes), config.num_points_self, config.dropout
+            dim, config.num_heads, len(planes), config.num_points_self, config.dropout
         )
         self.cross_attn = nn.ModuleDict(
             {
                 plane: DeformableImageAttention(
-                    config.dim,
+                    dim,
                     config.num_heads,
                     config.num_levels,
                     config.num_points_cross[MISSING_AXIS[plane]],
@@ -107,13 +101,13 @@ class TPVEncoderLayer(nn.Module):
             }
         )
         self.ffn = nn.Sequential(
-            xavier_linear(nn.Linear(config.dim, config.ffn_dim)),
+            xavier_linear(nn.Linear(dim, config.ffn_dim)),
             nn.ReLU(inplace=True),
             nn.Dropout(config.dropout),
-            xavier_linear(nn.Linear(config.ffn_dim, config.dim)),
+            xavier_linear(nn.Linear(config.ffn_dim, dim)),
             nn.Dropout(config.dropout),
         )
-        self.norms = nn.ModuleList([nn.LayerNorm(config.dim) for _ in range(3)])
+        self.norms = nn.ModuleList([nn.LayerNorm(dim) for _ in range(3)])
 
     def forward(
         self,
@@ -142,14 +136,18 @@ class TPVEncoderLayer(nn.Module):
 
 
 class TPVEncoder(nn.Module):
-    """Multi-camera FPN features -> TPV planes (or the BEV plane) in the ego frame of the input keyframe."""
+    """Multi-camera FPN features -> TPV planes (or the BEV plane) in the reference frame of the input keyframe.
 
-    def __init__(self, config: TPVEncoderConfig) -> None:
+    `scene` (box and grid points) and `dim` (the FPN width) come from the model, not from this config.
+    """
+
+    def __init__(self, config: TPVEncoderConfig, scene: SceneGrid, dim: int) -> None:
         super().__init__()
         self.config = config
+        self.scene = scene
+        self.dim = dim
         self.plane_names = config.planes()
-        self.plane_shapes = [plane_shape(config.grid_xyz, plane) for plane in self.plane_names]
-        dim = config.dim
+        self.plane_shapes = [plane_shape(scene.grid_xyz, plane) for plane in self.plane_names]
         # Official init: queries ~ N(0, 1); camera and level embeddings ~ N(0, 1), added to the features.
         self.queries = nn.ParameterDict(
             {plane: nn.Parameter(torch.randn(rows * cols, dim)) for plane, (rows, cols) in
@@ -161,18 +159,18 @@ class TPVEncoder(nn.Module):
         self.cams_embeds = nn.Parameter(torch.randn(config.num_cams, dim))
         self.level_embeds = nn.Parameter(torch.randn(config.num_levels, dim))
         for plane in self.plane_names:
-            cells01 = plane_cells_unit(config.range_m, config.grid_xyz, plane)
+            cells01 = plane_cells_unit(scene.range_m, scene.grid_xyz, plane)
             self.register_buffer(f"fourier_{plane}", fourier_features(cells01, config.pe_num_freqs), persistent=False)
             anchors = config.points_in_pillar[MISSING_AXIS[plane]]
             self.register_buffer(
-                f"pillars_{plane}", pillar_points_m(config.range_m, config.grid_xyz, plane, anchors), persistent=False
+                f"pillars_{plane}", pillar_points_m(scene.range_m, scene.grid_xyz, plane, anchors), persistent=False
             )
         self.register_buffer(
             "self_references",
-            cross_plane_reference_grid(config.grid_xyz, self.plane_names, config.num_points_self),
+            cross_plane_reference_grid(scene.grid_xyz, self.plane_names, config.num_points_self),
             persistent=False,
         )
-        self.layers = nn.ModuleList([TPVEncoderLayer(config) for _ in range(config.num_layers)])
+        self.layers = nn.ModuleList([TPVEncoderLayer(config, dim) for _ in range(config.num_layers)])
 
     def query_positions(self) -> Float[Tensor, "Qtot C"]:
         return torch.cat([self.pos_proj[p](getattr(self, f"fourier_{p}")) for p in self.plane_names], dim=0)
@@ -210,7 +208,7 @@ class TPVEncoder(nn.Module):
                     self.config.query_chunk, use_checkpoint)
             queries = checkpoint(layer, *args, use_reentrant=False) if checkpoint_layers else layer(*args)
         planes = [
-            flat.transpose(1, 2).reshape(batch, self.config.dim, rows, cols)
+            flat.transpose(1, 2).reshape(batch, self.dim, rows, cols)
             for flat, (rows, cols) in zip(queries.split([r * c for r, c in self.plane_shapes], dim=1),
                                           self.plane_shapes)
         ]

@@ -2,7 +2,7 @@
 
 1. `selfocc-synth <workdir>/world` (skipped when the world is already there),
 2. `ns-train selfocc-tiny ... --machine.device-type cpu nuscenes-data --data-dir <workdir>/world`,
-3. `selfocc-eval --load-config <run>/config.yml --task depth occupancy` on the val scene,
+3. `selfocc-eval --load-config <run>/config.yml --tasks depth occupancy` on the val scene,
 then prints the checkpoint, the metrics beside the trivial baselines, and the next commands to try.
 Each step is the command line a user would type, run as a subprocess and echoed first.
 """
@@ -76,7 +76,7 @@ class SelfOccDemo:
         config = new[-1]
         report = workdir / "eval.json"
         _run(
-            ["selfocc-eval", "--load-config", str(config), "--task", "depth", "occupancy", "--output-path", str(report)],
+            ["selfocc-eval", "--load-config", str(config), "--tasks", "depth", "occupancy", "--output-path", str(report)],
             workdir,
         )
         data = json.loads(report.read_text("utf8"))

@@ -1,6 +1,6 @@
 """`selfocc-eval`: SelfOcc's metrics on an existing checkpoint, with the flags `ns-eval` cannot take.
 
-    selfocc-eval --load-config outputs/.../config.yml --task depth occupancy --protocol selfocc \
+    selfocc-eval --load-config outputs/.../config.yml --tasks depth occupancy --occupancy-protocol selfocc \
         --split val --output-path eval.json
 
 Loads the run like `ns-eval` (nerfstudio's `eval_setup`, latest checkpoint), evaluates the chosen tasks
@@ -11,13 +11,15 @@ writes a JSON report that names the protocol (layout: docs/evaluation.md).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Literal, Optional, Tuple
+from typing import Any, Dict, Literal, Optional
 
 import tyro
+from typing_extensions import Annotated
 
-Task = Literal["depth", "novel-depth", "occupancy"]
+from selfocc_ns.eval.options import EvalOptions
+
 Split = Literal["val", "train"]
 
 
@@ -26,7 +28,6 @@ def load_pipeline(
     split: Split = "val",
     data_dir: Optional[Path] = None,
     gts_dir: Optional[Path] = None,
-    novel_views: bool = False,
     max_workers: int = 2,
     load_step: Optional[int] = None,
 ):
@@ -34,8 +35,7 @@ def load_pipeline(
 
     `split` 'val' is what ns-eval evaluates (nerfstudio's "test" split, mapped to the official val scenes);
     'train' evaluates the training keyframes instead. `data_dir` / `gts_dir` point the dataparser at
-    another nuScenes root / Occ3D gts folder; `novel_views` loads the neighbour frames for novel depth;
-    `load_step` picks the checkpoint of that step instead of the latest.
+    another nuScenes root / Occ3D gts folder; `load_step` picks the checkpoint of that step instead of the latest.
     """
     from nerfstudio.utils.eval_utils import eval_setup
 
@@ -45,8 +45,6 @@ def load_pipeline(
             dataparser.data_dir = Path(data_dir)
         if gts_dir is not None:
             dataparser.gts_dir = Path(gts_dir)
-        if novel_views:
-            config.pipeline.datamanager.eval_novel_views = True
         config.pipeline.datamanager.num_workers = min(config.pipeline.datamanager.num_workers, max_workers)
         if load_step is not None:
             checkpoint = config.get_checkpoint_dir() / f"step-{load_step:09d}.ckpt"
@@ -70,24 +68,14 @@ class SelfOccEval:
 
     load_config: Path
     """config.yml of the training run (as for ns-eval); run from the training directory if paths are relative."""
-    task: Tuple[Task, ...] = ("depth",)
-    """What to evaluate."""
-    protocol: Literal["selfocc", "occ3d"] = "selfocc"
-    """Occupancy protocol: official SelfOcc (linspace points, crops, mIoU over 1..16) or clean Occ3D."""
-    threshold: float = 0.0
-    """Occupied where SDF <= threshold (metres)."""
+    evaluation: Annotated[EvalOptions, tyro.conf.OmitArgPrefixes] = field(default_factory=EvalOptions)
+    """Tasks and protocol (the pipeline's `evaluation` options, as flags here)."""
     split: Split = "val"
     """Which split of the run's dataset to evaluate (val = the official val scenes, what ns-eval uses)."""
-    flip: bool = False
-    """Horizontal-flip test-time augmentation for depth (official --flip)."""
     max_samples: Optional[int] = None
     """Evaluate at most this many keyframes (evenly spaced); default: every keyframe of the split."""
     all_samples: bool = False
     """Evaluate every keyframe of the split (the default; overrides --max-samples)."""
-    lattice_fraction: Optional[float] = None
-    """Depth lattice as a fraction of the ray crop (default: the run's, 0.5 = official 450x800)."""
-    baseline: bool = True
-    """Score the trivial baselines (constant median training depth, flat ground) on the same samples."""
     data_dir: Optional[Path] = None
     """Evaluate on another nuScenes root than the one the run trained on."""
     gts_dir: Optional[Path] = None
@@ -104,17 +92,9 @@ class SelfOccEval:
         from selfocc_ns.metrics import format_table
 
         config, pipeline, checkpoint, step = load_pipeline(
-            self.load_config, self.split, self.data_dir, self.gts_dir, novel_views="novel-depth" in self.task,
-            load_step=self.load_step,
+            self.load_config, self.split, self.data_dir, self.gts_dir, load_step=self.load_step
         )
-        pipeline.config.baseline = self.baseline
-        options = pipeline.eval_options(
-            tasks=tuple(self.task),
-            occupancy_protocol=self.protocol,
-            occupancy_threshold=self.threshold,
-            flip=self.flip,
-            lattice_fraction=self.lattice_fraction,
-        )
+        options = self.evaluation
         total = len(pipeline.datamanager.eval_index.samples)
         max_samples = total if self.all_samples or self.max_samples is None else self.max_samples
         indices = pipeline.eval_indices(max_samples)
@@ -128,22 +108,23 @@ class SelfOccEval:
             "step": int(step),
             "split": pipeline.datamanager.eval_index.split,
             "num_samples": len(indices),
-            "tasks": list(self.task),
+            "tasks": list(options.tasks),
             "protocol": {
-                "occupancy": self.protocol,
-                "threshold_m": self.threshold,
-                "depth_flip": self.flip,
+                "occupancy": options.occupancy_protocol,
+                "threshold_m": options.occupancy_threshold,
+                "depth_flip": options.flip,
                 "lattice_fraction": results.get("eval/lattice_fraction"),
             },
             "baselines": {
                 "depth": "constant median LiDAR depth of the training keyframes (depth_m)",
                 "occupancy": "flat ground: everything below z = 0 is driveable_surface",
-            } if self.baseline else {},
+            } if options.baseline else {},
             "seconds": seconds,
             "results": results,
         }
         title = (f"{config.method_name} @ step {step} on {report['split']} ({len(indices)} keyframes; "
-                 f"occupancy protocol {self.protocol}, threshold {self.threshold}, flip {self.flip})")
+                 f"occupancy protocol {options.occupancy_protocol}, threshold {options.occupancy_threshold}, "
+                 f"flip {options.flip})")
         print(format_table(results, title=title))
         print(f"evaluated {len(indices)} keyframes in {seconds:.1f} s")
         if self.output_path is not None:

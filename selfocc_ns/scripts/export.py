@@ -12,7 +12,7 @@ Per exported keyframe, in the Occ3D gts layout (so the folder can be given back 
     <output-dir>/<scene>/<sample_token>/mesh.ply     (--mesh) marching cubes of the decoded SDF grid
     <output-dir>/export_<split>.json                 what was exported, options, IoU against the gts
 
-The grids are exactly what `selfocc-eval --task occupancy` scores with the same protocol and threshold:
+The grids are exactly what `selfocc-eval --tasks occupancy` scores with the same protocol and threshold:
 'selfocc' (default) samples the SDF at the official linspace points and applies the official crops,
 'occ3d' samples it at the voxel centres without crops (the geometrically clean grid).
 """
@@ -183,7 +183,7 @@ class SelfOccExport:
         dm, model = pipeline.datamanager, pipeline.model
         index = dm.eval_index
         indices = select_indices(index, self.samples)
-        accumulator = OccupancyMetricAccumulator(self.protocol, semantic=model.config.field.num_semantic_classes > 0)
+        accumulator = OccupancyMetricAccumulator(self.protocol, semantic=model.semantic_channels > 0)
         exported: List[SampleExport] = []
         start = time.perf_counter()
         model.eval()

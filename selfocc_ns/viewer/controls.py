@@ -85,8 +85,7 @@ class ViewerSettings:
     show_layers: Tuple[str, ...] = ("occupancy", "cameras")
     """Layers shown at start (of occupancy, ground_truth, lidar, cameras)."""
     cpu_max_res: Optional[int] = 256
-    """On a CPU, lower nerfstudio's 'Max res' (default 512) to this at start: a still frame of selfocc-tiny at
-    512 px takes 10-25 s on 2 cores, at 256 px about a quarter of that. None keeps nerfstudio's value."""
+    """On a CPU, lower nerfstudio's 'Max res' (512) to this at start (docs/viewer.md: timings); None keeps it."""
 
 
 class OccupancyViewerControl(ViewerControl):

@@ -1,6 +1,6 @@
 """Viewer rendering: a nerfstudio viewer camera -> the ego frame of the selected sample -> SelfOcc render.
 
-Frames (DESIGN.md section 2):
+Frames (docs/architecture.md):
 - the viewer's world is nerfstudio's normalised world of the TRAINING split (the one the training cameras
   are drawn in): p_ns = scale * (T @ [p_global; 1]), with T = `dataparser_transform` (3x4) and scale =
   `dataparser_scale`, as nerfstudio's `transform_poses_to_original_space` inverts it; viser shows it

@@ -21,7 +21,7 @@ from selfocc_ns.model.field import (
     sdf_hessian_grid,
 )
 from selfocc_ns.model.losses import eikonal_loss, hessian_loss
-from selfocc_ns.model.planes import TPVPlanes, grid_points_m
+from selfocc_ns.model.planes import SceneGrid, TPVPlanes, grid_points_m
 
 RANGE = (-4.0, -3.0, -1.0, 4.0, 5.0, 2.0)  # deliberately different extents per axis
 GRID = (9, 17, 7)  # and different counts, so any axis mix-up shows
@@ -109,16 +109,23 @@ def test_hessian_is_finite_difference_of_gradient_grid():
 
 
 def small_config(**overrides) -> SelfOccFieldConfig:
-    base = dict(range_m=RANGE, grid_xyz=GRID, feature_dim=8, hidden_dim=8, num_semantic_classes=18)
+    base = dict(hidden_dim=8, num_semantic_classes=18)
     base.update(overrides)
     return SelfOccFieldConfig(**base)
 
 
-def random_planes(config: SelfOccFieldConfig, batch: int = 2, seed: int = 0) -> TPVPlanes:
+FEATURE_DIM = 8
+
+
+def build(config: SelfOccFieldConfig, scene: SceneGrid = SceneGrid(RANGE, GRID), bev: bool = False) -> SelfOccField:
+    return config.setup(scene=scene, feature_dim=FEATURE_DIM, bev=bev)
+
+
+def random_planes(field: SelfOccField, batch: int = 2, seed: int = 0) -> TPVPlanes:
     g = torch.Generator().manual_seed(seed)
-    c, (x, y, z) = config.feature_dim, config.grid_xyz
+    c, (x, y, z) = FEATURE_DIM, field.scene.grid_xyz
     xy = torch.randn(batch, c, x, y, generator=g, requires_grad=True)
-    if config.bev:
+    if field.bev:
         return TPVPlanes(xy)
     return TPVPlanes(xy, torch.randn(batch, c, x, z, generator=g, requires_grad=True),
                      torch.randn(batch, c, y, z, generator=g, requires_grad=True))
@@ -126,10 +133,9 @@ def random_planes(config: SelfOccFieldConfig, batch: int = 2, seed: int = 0) -> 
 
 def test_decode_matches_per_voxel_mlp_and_chunking():
     torch.manual_seed(0)
-    config = small_config(decode_chunk_x=100)
-    field = config.setup()
+    field = build(small_config(decode_chunk_x=100))
     assert isinstance(field, Field)
-    planes = random_planes(config)
+    planes = random_planes(field)
     grid = field.decode(planes)
     assert grid.values.shape == (2, 1 + 3 + 18, *GRID)
     b, i, j, k = 1, 3, 12, 4
@@ -147,15 +153,14 @@ def test_decode_matches_per_voxel_mlp_and_chunking():
 
 
 def test_heads_are_optional_and_rgb_activation_applies():
-    config = small_config(use_rgb=False, num_semantic_classes=0)
-    field = config.setup()
-    grid = field.decode(random_planes(config, batch=1))
+    field = build(small_config(use_rgb=False, num_semantic_classes=0))
+    grid = field.decode(random_planes(field, batch=1))
     assert grid.values.shape[1] == 1
     samples = query_field(grid, random_points(10)[None])
     assert samples.rgb is None and samples.semantic_logits is None
     for act in ("relu", "sigmoid"):
-        config = small_config(rgb_activation=act)
-        grid = config.setup().decode(random_planes(config, batch=1))
+        field = build(small_config(rgb_activation=act))
+        grid = field.decode(random_planes(field, batch=1))
         raw = sample_grid(grid.values, random_points(50)[None], RANGE)[..., 1:4]
         expected = torch.relu(raw) if act == "relu" else torch.sigmoid(raw)
         assert torch.allclose(query_field(grid, random_points(50)[None]).rgb, expected)
@@ -164,9 +169,8 @@ def test_heads_are_optional_and_rgb_activation_applies():
 @pytest.mark.parametrize("prior", ["ground", "ground_shell"])
 def test_prior_makes_untrained_field_zero_level_set_the_prior(prior):
     range_m, grid_xyz = (-40.0, -40.0, -1.0, 40.0, 40.0, 5.4), (33, 33, 9)
-    config = small_config(range_m=range_m, grid_xyz=grid_xyz, sdf_prior=prior, ground_z_m=0.0, shell_radius_m=25.0)
-    field = config.setup()
-    planes = random_planes(config)
+    field = build(small_config(sdf_prior=prior, ground_z_m=0.0, shell_radius_m=25.0), SceneGrid(range_m, grid_xyz))
+    planes = random_planes(field)
     grid = field.decode(planes)
     p = grid_points(range_m, grid_xyz)
     expected = p[..., 2] if prior == "ground" else ground_shell_sdf(p, 0.0, 25.0)
@@ -190,21 +194,19 @@ def test_prior_makes_untrained_field_zero_level_set_the_prior(prior):
 
 
 def test_bev_uses_learnable_z_embedding():
-    config = small_config(bev=True)
-    field = config.setup()
-    planes = random_planes(config)
+    field = build(small_config(), bev=True)
+    planes = random_planes(field)
     grid = field.decode(planes)
     assert not torch.allclose(grid.values[..., 0], grid.values[..., 1])  # heights differ
     grid.values.sum().backward()
     assert field.z_embedding.grad is not None and field.z_embedding.grad.abs().sum() > 0
     with pytest.raises(ValueError):
-        field.decode(random_planes(small_config()))  # TPV planes into a BEV field
+        field.decode(random_planes(build(small_config())))  # TPV planes into a BEV field
 
 
 def test_nerfstudio_field_interface_matches_fast_path():
-    config = small_config()
-    field = config.setup()
-    grid = field.decode(random_planes(config))
+    field = build(small_config())
+    grid = field.decode(random_planes(field))
     field.set_grid(grid, sample_index=1, inv_s=5.0)
     origins = random_points(12, seed=3).reshape(4, 3, 3) * 0.5
     directions = torch.nn.functional.normalize(torch.randn(4, 3, 3), dim=-1)

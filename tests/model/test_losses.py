@@ -19,7 +19,7 @@ from selfocc_ns.model.losses import (
     soft_sparsity_loss,
     ssim,
 )
-from selfocc_ns.model.planes import TPVPlanes
+from selfocc_ns.model.planes import SceneGrid, TPVPlanes
 from selfocc_ns.model.rays import fixed_lattice_px, lattice_colours, lattice_labels, rays_from_pixels
 from selfocc_ns.model.renderer import SelfOccRendererConfig
 
@@ -218,9 +218,8 @@ def test_sky_free_space_loss_is_the_mean_opacity_of_sky_rays():
 def test_gradients_flow_from_each_loss_to_what_it_should():
     torch.manual_seed(0)
     range_m = (-20.0, -20.0, -2.0, 20.0, 20.0, 6.0)
-    config = SelfOccFieldConfig(range_m=range_m, grid_xyz=(9, 9, 5), feature_dim=4, hidden_dim=8,
-                                sdf_prior="ground_shell", shell_radius_m=15.0)
-    field = config.setup()
+    config = SelfOccFieldConfig(hidden_dim=8, sdf_prior="ground_shell", shell_radius_m=15.0)
+    field = config.setup(scene=SceneGrid(range_m, (9, 9, 5)), feature_dim=4)
     planes = TPVPlanes(torch.randn(1, 4, 9, 9), torch.randn(1, 4, 9, 5), torch.randn(1, 4, 9, 5))
     grid = field.decode(planes)
     renderer = SelfOccRendererConfig(num_samples=24).setup()

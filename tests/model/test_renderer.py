@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from selfocc_ns.model.field import FieldGrid, SelfOccFieldConfig
-from selfocc_ns.model.planes import TPVPlanes, grid_points_m
+from selfocc_ns.model.planes import SceneGrid, TPVPlanes, grid_points_m
 from selfocc_ns.model.rays import (
     cellular_lattice_px,
     fixed_lattice_px,
@@ -199,9 +199,8 @@ def test_tilted_plane_depth():
 
 def test_chunked_eval_matches_one_shot_and_gradients_reach_variance_and_grid():
     torch.manual_seed(0)
-    config = SelfOccFieldConfig(range_m=RANGE, grid_xyz=(11, 11, 6), feature_dim=4, hidden_dim=8,
-                                sdf_prior="ground")
-    field = config.setup()
+    config = SelfOccFieldConfig(hidden_dim=8, sdf_prior="ground")
+    field = config.setup(scene=SceneGrid(RANGE, (11, 11, 6)), feature_dim=4)
     planes = TPVPlanes(torch.randn(2, 4, 11, 11), torch.randn(2, 4, 11, 6), torch.randn(2, 4, 11, 6))
     grid = field.decode(planes)
     r = renderer(num_samples=32, variance=0.1)

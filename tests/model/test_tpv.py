@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from selfocc_ns.model.planes import SceneGrid
 from selfocc_ns.model.tpv import TPVEncoder, TPVEncoderConfig
 from selfocc_ns.model.tpv_attention import CrossPlaneSelfAttention, DeformableImageAttention
 from selfocc_ns.model.tpv_geometry import cross_plane_reference_grid, pillar_points_m, project_to_images
@@ -17,6 +18,8 @@ from selfocc_ns.model.tpv_geometry import cross_plane_reference_grid, pillar_poi
 RANGE_M = (-40.0, -40.0, -1.0, 40.0, 40.0, 5.4)
 IMAGE_HW = (64, 128)
 STRIDES = (4, 8, 16, 32)
+SCENE = SceneGrid(RANGE_M, (17, 13, 5))
+DIM = 16
 
 
 def camera_rig(yaws_deg: List[float], image_hw: Tuple[int, int], fov_deg: float = 86.0) -> Tensor:
@@ -39,7 +42,7 @@ def camera_rig(yaws_deg: List[float], image_hw: Tuple[int, int], fov_deg: float 
 
 def tiny_config(**overrides) -> TPVEncoderConfig:
     values = dict(
-        grid_xyz=(17, 13, 5), dim=16, num_layers=2, num_heads=2, ffn_dim=32, num_cams=3,
+        num_layers=2, num_heads=2, ffn_dim=32, num_cams=3,
         num_points_cross=(4, 4, 2), points_in_pillar=(4, 4, 2), num_points_self=3, pe_num_freqs=4,
         query_chunk=4096, dropout=0.0,
     )
@@ -50,7 +53,7 @@ def tiny_config(**overrides) -> TPVEncoderConfig:
 def random_inputs(config: TPVEncoderConfig, batch: int = 1, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     feats = [
-        torch.randn(batch, config.num_cams, config.dim, IMAGE_HW[0] // s, IMAGE_HW[1] // s, generator=generator)
+        torch.randn(batch, config.num_cams, DIM, IMAGE_HW[0] // s, IMAGE_HW[1] // s, generator=generator)
         for s in STRIDES
     ]
     ego2img = camera_rig([0.0, 120.0, 240.0][: config.num_cams], IMAGE_HW).expand(batch, -1, -1, -1)
@@ -200,7 +203,7 @@ def test_cross_plane_self_attention_reads_along_each_query_pillar() -> None:
 def test_encoder_output_shapes(representation: str) -> None:
     config = tiny_config(representation=representation)
     torch.manual_seed(0)
-    encoder = TPVEncoder(config).eval()
+    encoder = TPVEncoder(config, SCENE, DIM).eval()
     feats, ego2img = random_inputs(config, batch=2)
     with torch.no_grad():
         planes = encoder(feats, ego2img, IMAGE_HW)
@@ -221,7 +224,7 @@ def test_encoder_output_shapes(representation: str) -> None:
 def test_gradients_reach_every_encoder_parameter(representation: str) -> None:
     config = tiny_config(representation=representation, dropout=0.1)
     torch.manual_seed(0)
-    encoder = TPVEncoder(config).train()
+    encoder = TPVEncoder(config, SCENE, DIM).train()
     perturb_zero_inits(encoder)
     feats, ego2img = random_inputs(config)
     feats = [f.requires_grad_() for f in feats]
@@ -238,7 +241,7 @@ def test_gradients_reach_every_encoder_parameter(representation: str) -> None:
 def test_chunked_cross_attention_matches_unchunked() -> None:
     config = tiny_config()
     torch.manual_seed(0)
-    encoder = TPVEncoder(config).eval()
+    encoder = TPVEncoder(config, SCENE, DIM).eval()
     perturb_zero_inits(encoder)
     feats, ego2img = random_inputs(config)
     with torch.no_grad():
@@ -256,7 +259,7 @@ def test_checkpointing_leaves_gradients_unchanged() -> None:
             checkpoint=use_checkpoint, checkpoint_layers=checkpoint_layers, query_chunk=50, dropout=0.1
         )
         torch.manual_seed(0)
-        encoder = TPVEncoder(config).train()
+        encoder = TPVEncoder(config, SCENE, DIM).train()
         perturb_zero_inits(encoder)
         feats, ego2img = random_inputs(config)
         planes = encoder(feats, ego2img, IMAGE_HW)
@@ -270,8 +273,8 @@ def test_checkpointing_leaves_gradients_unchanged() -> None:
 
 def test_initial_attention_is_uniform_and_looks_one_cell_around_the_reference() -> None:
     config = tiny_config(num_heads=4)
-    encoder = TPVEncoder(config)
-    query = torch.randn(5, config.dim)
+    encoder = TPVEncoder(config, SCENE, DIM)
+    query = torch.randn(5, DIM)
     image_attention = encoder.layers[0].cross_attn["xy"]
     self_attention = encoder.layers[0].self_attn
     for attention, grows in ((image_attention, False), (self_attention, True)):

@@ -1,0 +1,39 @@
+"""What an evaluation runs and how: one dataclass for the pipeline config (`ns-eval`, eval during training) and
+the flags of `selfocc-eval` (docs/evaluation.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional, Tuple
+
+EvalTask = Literal["depth", "novel-depth", "occupancy"]
+EVAL_TASKS: Tuple[str, ...] = ("depth", "novel-depth", "occupancy")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """The protocol choices of an evaluation (override with `dataclasses.replace`)."""
+
+    tasks: Tuple[EvalTask, ...] = ("depth",)
+    """Tasks to run: depth, novel-depth, occupancy."""
+    occupancy_protocol: Literal["selfocc", "occ3d"] = "selfocc"
+    """'selfocc': official (linspace points, crops, mIoU over 1..16); 'occ3d': voxel centres, Occ3D's own mIoU."""
+    occupancy_threshold: float = 0.0
+    """Occupied where SDF <= this (metres; official 0)."""
+    flip: bool = False
+    """Horizontal-flip test-time augmentation of the depth task (official --flip)."""
+    baseline: bool = True
+    """Score the trivial baselines beside the model: constant median training depth, flat ground."""
+    lattice_fraction: Optional[float] = None
+    """Depth lattice as a fraction of the ray crop (None: the model's, 0.5 = the official 450x800)."""
+    depth_only_render: bool = True
+    """Render depth from the SDF channel alone (same depth, skips reading colour and semantic channels)."""
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.tasks if t not in EVAL_TASKS]
+        if unknown:
+            raise ValueError(f"unknown eval task(s) {unknown}; expected some of {EVAL_TASKS}")
+
+    @property
+    def needs_depth_baseline(self) -> bool:
+        return self.baseline and ("depth" in self.tasks or "novel-depth" in self.tasks)
