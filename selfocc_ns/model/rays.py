@@ -112,6 +112,16 @@ def rays_from_pixels(
     return origins, dirs_ego, z_per_distance
 
 
+def lattice_rays(
+    lattice_px: Float[Tensor, "B N h w 2"], intrinsics: Float[Tensor, "B N 3 3"], cam2ego: Float[Tensor, "B N 4 4"]
+) -> Tuple[Float[Tensor, "B R 3"], Float[Tensor, "B R 3"], Float[Tensor, "B R 1"]]:
+    """`rays_from_pixels` of every camera's lattice, cameras flattened into R = N h w rays per batch item."""
+    batch, cams, h, w = lattice_px.shape[:4]
+    pixels_px = lattice_px.reshape(batch, cams, h * w, 2)
+    origins, directions, z_per_distance = rays_from_pixels(pixels_px, intrinsics, cam2ego)
+    return origins.reshape(batch, -1, 3), directions.reshape(batch, -1, 3), z_per_distance.reshape(batch, -1, 1)
+
+
 def intersect_aabb_torch(
     origins: Float[Tensor, "N 3"], directions: Float[Tensor, "N 3"], range_m: Sequence[float], near_m: float = 0.0
 ) -> Tuple[Float[Tensor, "N"], Float[Tensor, "N"], Bool[Tensor, "N"]]:

@@ -26,15 +26,7 @@ from torch import Tensor, nn
 from nerfstudio.configs.base_config import InstantiateConfig
 from selfocc_ns.model.compositing import accumulate, composite_weights
 from selfocc_ns.model.field import FieldGrid, query_field
-from selfocc_ns.model.rays import (
-    cellular_lattice_px,
-    eval_lattice_hw,
-    fixed_lattice_px,
-    intersect_aabb,
-    rays_from_pixels,
-    stratified_samples,
-    uniform_noise,
-)
+from selfocc_ns.model.rays import cellular_lattice_px, intersect_aabb, lattice_rays, stratified_samples, uniform_noise
 
 Background = Union[Literal["random", "black", "white"], Tensor]
 
@@ -173,9 +165,6 @@ class SelfOccRenderer(nn.Module):
             image_hw, self.config.train_lattice_hw, generator, self.config.snap_lattice_to_pixels, device
         )
 
-    def eval_lattice_px(self, image_hw: Tuple[int, int], device: torch.device | str = "cpu") -> Float[Tensor, "h w 2"]:
-        return fixed_lattice_px(image_hw, eval_lattice_hw(image_hw, self.config.eval_lattice_fraction), device)
-
     def _packed(self, device: torch.device) -> bool:
         if self.config.compositing == "auto":
             return device.type == "cuda"
@@ -254,19 +243,9 @@ class SelfOccRenderer(nn.Module):
 
         Outputs have leading dims [B, N, h, w].
         """
-        batch, cams, h, w = lattice_px.shape[:4]
-        origins, directions, z_per_distance = rays_from_pixels(lattice_px.reshape(batch, cams, h * w, 2),
-                                                               intrinsics, cam2ego)
-        outputs = self.render_rays(
-            grid,
-            origins.reshape(batch, -1, 3),
-            directions.reshape(batch, -1, 3),
-            z_per_distance.reshape(batch, -1, 1),
-            generator,
-            background,
-            per_sample_outputs,
-        )
-        return outputs.reshape_rays((batch, cams, h, w))
+        origins, directions, z_per_distance = lattice_rays(lattice_px, intrinsics, cam2ego)
+        outputs = self.render_rays(grid, origins, directions, z_per_distance, generator, background, per_sample_outputs)
+        return outputs.reshape_rays(lattice_px.shape[:4])
 
     @torch.no_grad()
     def render_cameras_chunked(
@@ -284,12 +263,8 @@ class SelfOccRenderer(nn.Module):
         Only per-ray outputs (depth, ray_distance, accumulation, rgb, semantics, hit) are kept, so memory
         is bounded by the chunk, not by the lattice size. Leading dims [B, N, h, w].
         """
-        batch, cams, h, w = lattice_px.shape[:4]
         chunk = chunk_rays or self.config.eval_chunk_rays
-        origins, directions, z_per_distance = rays_from_pixels(lattice_px.reshape(batch, cams, h * w, 2),
-                                                               intrinsics, cam2ego)
-        origins, directions = origins.reshape(batch, -1, 3), directions.reshape(batch, -1, 3)
-        z_per_distance = z_per_distance.reshape(batch, -1, 1)
+        origins, directions, z_per_distance = lattice_rays(lattice_px, intrinsics, cam2ego)
         pieces: Dict[str, list] = {}
         for start in range(0, origins.shape[1], chunk):
             part = slice(start, start + chunk)
@@ -300,4 +275,4 @@ class SelfOccRenderer(nn.Module):
                 if value is not None:
                     pieces.setdefault(f.name, []).append(value)
         merged = RenderOutputs(**{name: torch.cat(parts, dim=1) for name, parts in pieces.items()})
-        return merged.reshape_rays((batch, cams, h, w))
+        return merged.reshape_rays(lattice_px.shape[:4])

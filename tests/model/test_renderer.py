@@ -21,6 +21,7 @@ from selfocc_ns.model.field import FieldGrid, SelfOccFieldConfig
 from selfocc_ns.model.planes import TPVPlanes, grid_points_m
 from selfocc_ns.model.rays import (
     cellular_lattice_px,
+    eval_lattice_hw,
     fixed_lattice_px,
     intersect_aabb,
     intersect_aabb_nerfacc,
@@ -286,7 +287,7 @@ def test_chunked_eval_matches_one_shot_and_gradients_reach_variance_and_grid():
     r.eval()
     K = intrinsics(30.0, (20, 30)).expand(2, 3, 3, 3)
     poses = torch.stack([look_cam2ego((0.0, 0.0, 1.5), yaw, 15.0) for yaw in (0.0, 120.0, 240.0)]).expand(2, 3, 4, 4)
-    px = r.eval_lattice_px((20, 30)).expand(2, 3, 10, 15, 2)
+    px = fixed_lattice_px((20, 30), eval_lattice_hw((20, 30), r.config.eval_lattice_fraction)).expand(2, 3, 10, 15, 2)
     with torch.no_grad():
         full = r.render_cameras(grid, px, K, poses, per_sample_outputs=False)
     chunked = r.render_cameras_chunked(grid, px, K, poses, chunk_rays=37)
