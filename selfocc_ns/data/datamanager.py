@@ -261,8 +261,3 @@ class SelfOccDataManager(DataManager):
 
     def get_param_groups(self) -> Dict[str, List[torch.nn.Parameter]]:
         return {}
-
-    def describe_sample(self, split: Literal["train", "eval"], sample_idx: int) -> Dict[str, Any]:
-        index = self.train_index if split == "train" else self.eval_index
-        frame = index.sample_frame(sample_idx)
-        return {"scene": frame.scene_name, "sample_token": frame.sample_token, "timestamp_us": frame.timestamp_us}
