@@ -354,21 +354,22 @@ def test_primitive_intersections_and_sdfs_on_known_geometry():
     assert rc.intersect_sphere(np.array([0, 0, 7.0]), *ray([0, 0, -1]), 2.0)[0] == pytest.approx(5.0)
     # annulus 10..12 m, 0.15 high: from the centre at z = 1 looking along +x it meets the inner wall? No:
     # the ray at z = 1 passes above; a ray going down at 45 deg from (0, 0, 1) lands on the top at r = 0.85 + ...
+    slab = rc.AnnularSlab(10.0, 12.0, 0.15, 0.0, 1.0)
     d = np.array([1.0, 0.0, -0.0849], dtype=np.float32)
     d /= np.linalg.norm(d)
-    t = rc.intersect_annular_slab(np.array([0.0, 0.0, 1.0]), *ray(d), 10.0, 12.0, 0.15, 0.0, 1.0)[0]
+    t = rc.intersect_annular_slab(np.array([0.0, 0.0, 1.0]), *ray(d), slab)[0]
     hit = np.array([0.0, 0.0, 1.0]) + t * d
     assert 10.0 <= np.hypot(hit[0], hit[1]) <= 12.0 and hit[2] == pytest.approx(0.15, abs=1e-4)
     # grazing the inner wall from inside, below the top: t where r = 10
-    t = rc.intersect_annular_slab(np.array([0.0, 0.0, 0.1]), *ray([1, 0, 0]), 10.0, 12.0, 0.15, 0.0, 1.0)[0]
+    t = rc.intersect_annular_slab(np.array([0.0, 0.0, 0.1]), *ray([1, 0, 0]), slab)[0]
     assert t == pytest.approx(10.0)
     # SDFs: exact Euclidean distances
     assert sdf_box(np.array([[3.0, 0, 0]]), 0.0, [1.0, 1.0, 1.0])[0] == pytest.approx(2.0)
     assert sdf_box(np.array([[2.0, 2.0, 0]]), 0.0, [1.0, 1.0, 1.0])[0] == pytest.approx(np.sqrt(2))
     assert sdf_box(np.array([[0.0, 0.0, 0.5]]), 0.3, [1.0, 1.0, 1.0])[0] == pytest.approx(-0.5)
     assert sdf_cylinder(np.array([[0.0, 2.0, 0.0]]), 0.5, 1.0)[0] == pytest.approx(1.5)
-    assert sdf_annular_slab(np.array([[11.0, 0.0, 1.15]]), 10.0, 12.0, 0.15, 0.0, 1.0)[0] == pytest.approx(1.0)
-    assert sdf_annular_slab(np.array([[9.0, 0.0, 0.15]]), 10.0, 12.0, 0.15, 0.0, 1.0)[0] == pytest.approx(1.0)
+    assert sdf_annular_slab(np.array([[11.0, 0.0, 1.15]]), slab)[0] == pytest.approx(1.0)
+    assert sdf_annular_slab(np.array([[9.0, 0.0, 0.15]]), slab)[0] == pytest.approx(1.0)
 
 
 def test_world_sdf_is_a_distance_field(world_dir):

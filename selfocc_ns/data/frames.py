@@ -28,9 +28,6 @@ CAMERA_CHANNELS: Tuple[str, ...] = (
 )
 """nuScenes camera channels, in the order the six-camera rig is stacked (nuScenes / SelfOcc order)."""
 
-SHORT_CAMERA_NAMES: Tuple[str, ...] = ("FRONT", "FRONT_RIGHT", "FRONT_LEFT", "BACK", "BACK_LEFT", "BACK_RIGHT")
-"""Camera names as nerfstudio's built-in `nuscenes-data --cameras` spells them."""
-
 
 @dataclass
 class CameraImage:
@@ -103,10 +100,6 @@ class SceneFrames:
     scene_name: str
     scene_token: str
     frames: List[Frame]
-
-    @property
-    def keyframe_indices(self) -> List[int]:
-        return [f.index for f in self.frames if f.is_keyframe]
 
 
 @dataclass

@@ -8,7 +8,7 @@ creates the parent folder and returns what it wrote, so callers can report count
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from plyfile import PlyData, PlyElement
@@ -150,18 +150,12 @@ def bev_image(
     return np.ascontiguousarray(rgb)
 
 
-def write_bev_png(
-    path: PathLike,
-    semantics,
-    palette: np.ndarray = OCC3D_PALETTE,
-    free_id: int = FREE_ID,
-    background_rgb: Tuple[int, int, int] = (255, 255, 255),
-    pixels_per_voxel: int = 1,
-) -> np.ndarray:
-    """Write `bev_image(...)` as an RGB PNG; returns the image array."""
+def write_bev_png(path: PathLike, semantics, **bev_options: Any) -> np.ndarray:
+    """Write `bev_image(semantics, **bev_options)` (palette, free_id, background_rgb, pixels_per_voxel) as an
+    RGB PNG; returns the image array."""
     from PIL import Image
 
-    rgb = bev_image(semantics, palette, free_id, background_rgb, pixels_per_voxel)
+    rgb = bev_image(semantics, **bev_options)
     Image.fromarray(rgb, mode="RGB").save(_parent(path))
     return rgb
 

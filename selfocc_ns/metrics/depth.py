@@ -19,7 +19,7 @@ renderer must cast the eval lattice rays through exactly those points.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from jaxtyping import Float
@@ -91,21 +91,20 @@ def depth_error_vector(
     )
 
 
-def depth_errors(
-    pred_m: Float[Tensor, "P"],
-    gt_m: Float[Tensor, "P"],
-    median_scale: bool = False,
-    min_pred_m: float = PRED_MIN_DEPTH_M,
-    max_pred_m: float = PRED_MAX_DEPTH_M,
-) -> Dict[str, float]:
-    """abs_rel, sq_rel, rmse, rmse_log, a1, a2, a3 of one image (see `depth_error_vector`).
+def depth_metric_dict(vector: Float[Tensor, "7"]) -> Dict[str, float]:
+    """A metric vector in `DEPTH_METRIC_NAMES` order as {name: value}."""
+    return {name: float(v) for name, v in zip(DEPTH_METRIC_NAMES, vector)}
+
+
+def depth_errors(pred_m: Float[Tensor, "P"], gt_m: Float[Tensor, "P"], **options: Any) -> Dict[str, float]:
+    """abs_rel, sq_rel, rmse, rmse_log, a1, a2, a3 of one image: `depth_error_vector` (and its keyword
+    options median_scale, min_pred_m, max_pred_m) by metric name.
 
     >>> gt = torch.tensor([2.0, 4.0, 8.0])
     >>> round(depth_errors(2 * gt, gt)["abs_rel"], 6), round(depth_errors(2 * gt, gt, median_scale=True)["abs_rel"], 6)
     (1.0, 0.0)
     """
-    vec = depth_error_vector(pred_m, gt_m, median_scale, min_pred_m, max_pred_m)
-    return {name: float(v) for name, v in zip(DEPTH_METRIC_NAMES, vec)}
+    return depth_metric_dict(depth_error_vector(pred_m, gt_m, **options))
 
 
 def sample_depth_at_points(

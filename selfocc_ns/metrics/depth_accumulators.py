@@ -39,12 +39,35 @@ from selfocc_ns.metrics.depth import (
     camera_index,
     constant_median_depth_baseline,
     depth_error_vector,
+    depth_metric_dict,
     median_scale_factor,
 )
 from selfocc_ns.metrics.distributed import all_reduce_sum
 
 
-class DepthMetricAccumulator:
+class _CameraDepthAccumulator:
+    """What the depth accumulators share: camera names, the key prefix, the prediction clamp of every score."""
+
+    def __init__(self, camera_names: Sequence[str], prefix: str, min_pred_m: float, max_pred_m: float):
+        self.camera_names = tuple(camera_names)
+        self.prefix = prefix
+        self.min_pred_m = min_pred_m
+        self.max_pred_m = max_pred_m
+
+    def error_vector(self, pred_m: Float[Tensor, "P"], gt_m: Float[Tensor, "P"], median_scale: bool) -> Tensor:
+        """`depth_error_vector` with this accumulator's clamp."""
+        return depth_error_vector(pred_m, gt_m, median_scale, self.min_pred_m, self.max_pred_m)
+
+    def add_camera_keys(
+        self, out: Dict[str, float], key: str, count: Float[Tensor, "N"], mean: Float[Tensor, "N 7"]
+    ) -> None:
+        """`<key>/<CAMERA>/<metric>` means of the cameras that have images."""
+        for c, name in enumerate(self.camera_names):
+            if count[c] > 0:
+                add_metric_keys(out, f"{key}/{name}", mean[c], None)
+
+
+class DepthMetricAccumulator(_CameraDepthAccumulator):
     """Depth metrics over a split, raw and median-scaled, overall and per camera (see module doc).
 
     Usage: `add(pred_m, gt_m, camera)` once per image (one camera of one keyframe, matched LiDAR
@@ -66,11 +89,8 @@ class DepthMetricAccumulator:
         min_pred_m: float = PRED_MIN_DEPTH_M,
         max_pred_m: float = PRED_MAX_DEPTH_M,
     ):
-        self.camera_names = tuple(camera_names)
-        self.prefix = prefix
+        super().__init__(camera_names, prefix, min_pred_m, max_pred_m)
         self.baseline_depth_m = baseline_depth_m
-        self.min_pred_m = min_pred_m
-        self.max_pred_m = max_pred_m
         n_cams = len(self.camera_names)
         # groups: mode-major, camera-minor; model and baseline kept apart
         self.model_sums = MetricSums(len(DEPTH_MODES) * n_cams)
@@ -87,17 +107,17 @@ class DepthMetricAccumulator:
         n_cams = len(self.camera_names)
         raw = torch.zeros(len(DEPTH_METRIC_NAMES), dtype=torch.float64)
         for m, mode in enumerate(DEPTH_MODES):
-            vec = depth_error_vector(pred_m, gt_m, mode == "median", self.min_pred_m, self.max_pred_m)
+            vec = self.error_vector(pred_m, gt_m, mode == "median")
             self.model_sums.add(m * n_cams + cam, vec)
             if mode == "raw":
                 raw = vec
             if self.baseline_depth_m is not None:
                 const = constant_median_depth_baseline(gt_m, self.baseline_depth_m)
-                base = depth_error_vector(const, gt_m, mode == "median", self.min_pred_m, self.max_pred_m)
+                base = self.error_vector(const, gt_m, mode == "median")
                 self.baseline_sums.add(m * n_cams + cam, base)
         self.extras[cam, 0] += float(median_scale_factor(pred_m.detach().double(), gt_m.double(), self.min_pred_m))
         self.extras[cam, 1] += gt_m.numel()
-        return {name: float(v) for name, v in zip(DEPTH_METRIC_NAMES, raw)}
+        return depth_metric_dict(raw)
 
     def compute(self) -> Dict[str, float]:
         """Flat dict of the split's metrics (all-reduced over ranks); see the module docstring."""
@@ -117,9 +137,7 @@ class DepthMetricAccumulator:
                 if count > 0:
                     add_metric_keys(out, f"{self.prefix}/{source}{mode}", mean, std)
                 cam_count, cam_mean, _ = MetricSums.mean_std(state[m])
-                for c, name in enumerate(self.camera_names):
-                    if cam_count[c] > 0:
-                        add_metric_keys(out, f"{self.prefix}/{source}{mode}/{name}", cam_mean[c], None)
+                self.add_camera_keys(out, f"{self.prefix}/{source}{mode}", cam_count, cam_mean)
         num_images = float(model[0, :, 0].sum())
         if num_images > 0:
             out[f"{self.prefix}/median/scale"] = float(extras[:, 0].sum()) / num_images
@@ -138,7 +156,7 @@ def distance_bin(distance_m: float) -> int:
     return int(math.ceil(distance_m))
 
 
-class NovelDepthAccumulator:
+class NovelDepthAccumulator(_CameraDepthAccumulator):
     """Novel-depth metrics (official `eval_novel_depth.py`): raw errors binned by ceil(frame distance).
 
     `add(pred_m, gt_m, distance_m, camera)` once per camera image of each novel frame: `pred_m`
@@ -156,11 +174,8 @@ class NovelDepthAccumulator:
         min_pred_m: float = PRED_MIN_DEPTH_M,
         max_pred_m: float = PRED_MAX_DEPTH_M,
     ):
-        self.camera_names = tuple(camera_names)
-        self.prefix = prefix
+        super().__init__(camera_names, prefix, min_pred_m, max_pred_m)
         self.max_bin = max_bin
-        self.min_pred_m = min_pred_m
-        self.max_pred_m = max_pred_m
         # groups: bin-major, camera-minor
         self.sums = MetricSums((max_bin + 1) * len(self.camera_names))
         self.without_points = torch.zeros(1, dtype=torch.float64)
@@ -176,9 +191,9 @@ class NovelDepthAccumulator:
         if gt_m.numel() == 0:
             self.without_points += 1
             return {}
-        vec = depth_error_vector(pred_m, gt_m, False, self.min_pred_m, self.max_pred_m)
+        vec = self.error_vector(pred_m, gt_m, False)
         self.sums.add(k * len(self.camera_names) + cam, vec)
-        return {name: float(v) for name, v in zip(DEPTH_METRIC_NAMES, vec)}
+        return depth_metric_dict(vec)
 
     def compute(self) -> Dict[str, float]:
         """Flat dict: overall, per bin, per camera (all-reduced over ranks); see the module docstring."""
@@ -194,9 +209,7 @@ class NovelDepthAccumulator:
                 add_metric_keys(out, f"{self.prefix}/bin_{k}m", bin_mean[k], None)
                 out[f"{self.prefix}/bin_{k}m/num_images"] = float(bin_count[k])
         cam_count, cam_mean, _ = MetricSums.mean_std(state.sum(0))
-        for c, name in enumerate(self.camera_names):
-            if cam_count[c] > 0:
-                add_metric_keys(out, f"{self.prefix}/{name}", cam_mean[c], None)
+        self.add_camera_keys(out, self.prefix, cam_count, cam_mean)
         out[f"{self.prefix}/num_images"] = float(count)
         out[f"{self.prefix}/num_images_without_points"] = float(packed[-1])
         return out

@@ -45,6 +45,8 @@ SEMANTIC_CLASS_IDS: Tuple[int, ...] = tuple(range(1, 17))
 """Classes the official protocol scores (and the argmax runs over): barrier .. vegetation."""
 DRIVEABLE_SURFACE_ID = 11
 NUM_OCC3D_LABELS = len(OCC3D_CLASSES)  # 18, incl. free
+SemanticGrid = Union[Float[Tensor, "200 200 16 C"], Int[Tensor, "200 200 16"]]
+"""Semantics at the query points: logits (the semantic head's channel order) or class ids."""
 
 
 def official_query_points() -> Float[Tensor, "200 200 16 3"]:
@@ -102,7 +104,7 @@ def _occupancy_to_classes(occupied: Tensor, semantics: Optional[Tensor]) -> Int[
 
 def official_occupancy_prediction(
     sdf: Float[Tensor, "200 200 16"],
-    semantics: Optional[Union[Float[Tensor, "200 200 16 C"], Int[Tensor, "200 200 16"]]] = None,
+    semantics: Optional[SemanticGrid] = None,
     threshold: float = 0.0,
 ) -> Int[Tensor, "200 200 16"]:
     """Official SelfOcc prediction: occupied where sdf <= threshold, crops, class = argmax over 1..16.
@@ -122,7 +124,7 @@ def official_occupancy_prediction(
 
 def clean_occupancy_prediction(
     sdf: Float[Tensor, "200 200 16"],
-    semantics: Optional[Union[Float[Tensor, "200 200 16 C"], Int[Tensor, "200 200 16"]]] = None,
+    semantics: Optional[SemanticGrid] = None,
     threshold: float = 0.0,
 ) -> Int[Tensor, "200 200 16"]:
     """Clean Occ3D prediction: sdf at `clean_query_points()` <= threshold, no crops; classes as official."""
@@ -152,16 +154,20 @@ def flat_ground_prediction(protocol: Protocol = "selfocc", ground_z_m: float = 0
     return occupancy_prediction(protocol, sdf, labels)
 
 
+def _cpu_tensor(array) -> Tensor:
+    """A tensor or array-like (numpy, nested lists) as a CPU tensor."""
+    return torch.as_tensor(array if isinstance(array, Tensor) else np.asarray(array)).cpu()
+
+
 def confusion_matrix(
     pred: Int[Tensor, "X Y Z"], gt: Int[Tensor, "X Y Z"], mask: Optional[Tensor] = None
 ) -> Int[Tensor, "18 18"]:
     """Occ3D confusion matrix hist[gt, pred] (int64) over the voxels where mask is true."""
-    pred_t = torch.as_tensor(np.asarray(pred) if not isinstance(pred, Tensor) else pred).long().cpu()
-    gt_t = torch.as_tensor(np.asarray(gt) if not isinstance(gt, Tensor) else gt).long().cpu()
+    pred_t, gt_t = _cpu_tensor(pred).long(), _cpu_tensor(gt).long()
     if pred_t.shape != gt_t.shape:
         raise ValueError(f"prediction {tuple(pred_t.shape)} and ground truth {tuple(gt_t.shape)} differ in shape")
     if mask is not None:
-        keep = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask).cpu().bool()
+        keep = _cpu_tensor(mask).bool()
         pred_t, gt_t = pred_t[keep], gt_t[keep]
     for name, t in (("prediction", pred_t), ("ground truth", gt_t)):
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= NUM_OCC3D_LABELS):

@@ -170,10 +170,6 @@ class SelfOccField(Field):
             rgb_activation=self.config.rgb_activation,
         )
 
-    def query(self, grid: FieldGrid, points_m: Float[Tensor, "B R 3"], with_gradient: bool = False) -> FieldSamples:
-        """`query_field` on a grid this field decoded."""
-        return query_field(grid, points_m, with_gradient)
-
     # -- nerfstudio path ---------------------------------------------------------------------------
 
     def set_grid(self, grid: FieldGrid, sample_index: int = 0, inv_s: Optional[float] = None) -> None:

@@ -112,20 +112,23 @@ def rays_from_pixels(
     return origins, dirs_ego, z_per_distance
 
 
-def intersect_aabb(
+def lattice_rays(
+    lattice_px: Float[Tensor, "B N h w 2"], intrinsics: Float[Tensor, "B N 3 3"], cam2ego: Float[Tensor, "B N 4 4"]
+) -> Tuple[Float[Tensor, "B R 3"], Float[Tensor, "B R 3"], Float[Tensor, "B R 1"]]:
+    """`rays_from_pixels` of every camera's lattice, cameras flattened into R = N h w rays per batch item."""
+    batch, cams, h, w = lattice_px.shape[:4]
+    pixels_px = lattice_px.reshape(batch, cams, h * w, 2)
+    origins, directions, z_per_distance = rays_from_pixels(pixels_px, intrinsics, cam2ego)
+    return origins.reshape(batch, -1, 3), directions.reshape(batch, -1, 3), z_per_distance.reshape(batch, -1, 1)
+
+
+def intersect_aabb_torch(
     origins: Float[Tensor, "N 3"], directions: Float[Tensor, "N 3"], range_m: Sequence[float], near_m: float = 0.0
 ) -> Tuple[Float[Tensor, "N"], Float[Tensor, "N"], Bool[Tensor, "N"]]:
-    """Entry and exit distance of rays through the scene box, clipped to near_m >= 0.
+    """Reference slab test (any device): entry and exit distance through the box, entry clipped to near_m.
 
-    Missed rays get near = far = near_m and hit = False. Uses `nerfacc.ray_aabb_intersect` on CUDA
-    and the same slab test in torch elsewhere.
+    Missed rays (and rays whose box part lies before near_m) get near = far = near_m and hit = False.
     """
-    if origins.is_cuda:
-        import nerfacc
-
-        aabb = torch.tensor([list(range_m)], dtype=origins.dtype, device=origins.device)
-        t_min, t_max, hit = nerfacc.ray_aabb_intersect(origins, directions, aabb, near_plane=near_m, miss_value=near_m)
-        return t_min[:, 0], t_max[:, 0], hit[:, 0] & (t_max[:, 0] > t_min[:, 0])
     lo = torch.tensor(range_m[:3], dtype=origins.dtype, device=origins.device)
     hi = torch.tensor(range_m[3:], dtype=origins.dtype, device=origins.device)
     # A zero direction component would give 0/0 for an origin on that face; nudge it (sign kept).
@@ -135,6 +138,32 @@ def intersect_aabb(
     t_exit = torch.maximum(t_lo, t_hi).amin(dim=-1)
     hit = t_exit > t_enter
     return torch.where(hit, t_enter, near_m), torch.where(hit, t_exit, near_m), hit
+
+
+def intersect_aabb_nerfacc(
+    origins: Float[Tensor, "N 3"], directions: Float[Tensor, "N 3"], range_m: Sequence[float], near_m: float = 0.0
+) -> Tuple[Float[Tensor, "N"], Float[Tensor, "N"], Bool[Tensor, "N"]]:
+    """`intersect_aabb_torch` by `nerfacc.ray_aabb_intersect` (CUDA kernel, float32)."""
+    import nerfacc  # only here: the rest of this module is plain torch
+
+    aabb = torch.tensor([list(range_m)], dtype=origins.dtype, device=origins.device)
+    t_min, t_max, hit = nerfacc.ray_aabb_intersect(origins, directions, aabb, near_plane=near_m, miss_value=near_m)
+    t_min, t_max = t_min[:, 0], t_max[:, 0]
+    # nerfacc calls a box that ends before near_plane a hit (with t_max < t_min): a miss, as in the reference.
+    hit = hit[:, 0] & (t_max > t_min)
+    return torch.where(hit, t_min, near_m), torch.where(hit, t_max, near_m), hit
+
+
+def intersect_aabb(
+    origins: Float[Tensor, "N 3"], directions: Float[Tensor, "N 3"], range_m: Sequence[float], near_m: float = 0.0
+) -> Tuple[Float[Tensor, "N"], Float[Tensor, "N"], Bool[Tensor, "N"]]:
+    """Entry and exit distance of rays through the scene box, clipped to near_m >= 0.
+
+    Missed rays get near = far = near_m and hit = False. `intersect_aabb_nerfacc` on CUDA,
+    `intersect_aabb_torch` elsewhere.
+    """
+    intersect = intersect_aabb_nerfacc if origins.is_cuda else intersect_aabb_torch
+    return intersect(origins, directions, range_m, near_m)
 
 
 def stratified_samples(

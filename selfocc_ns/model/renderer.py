@@ -2,8 +2,8 @@
 
 Per ray: entry/exit of the scene box (near >= 0), `num_samples` stratified intervals (jittered in
 training, not at eval), the field read at the interval midpoints, NeuS alpha from the SDF and its
-finite-difference gradient, weights by nerfacc (dense `render_weight_from_alpha` /
-`accumulate_along_rays`, or the packed `ray_indices` variants on CUDA).
+finite-difference gradient, weights and sums along the ray by nerfacc (`compositing`: the dense
+reference, or the packed `ray_indices` fast path on CUDA).
 
 Depth is the expected distance sum(w t) / sum(w) (nerfstudio's 'expected' DepthRenderer and the
 official code normalise by the accumulation), clipped to the sampled interval, then converted to
@@ -18,23 +18,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Dict, Literal, Optional, Sequence, Tuple, Type, Union
 
-import nerfacc
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
 from nerfstudio.configs.base_config import InstantiateConfig
+from selfocc_ns.model.compositing import accumulate, composite_weights
 from selfocc_ns.model.field import FieldGrid, query_field
-from selfocc_ns.model.rays import (
-    cellular_lattice_px,
-    eval_lattice_hw,
-    fixed_lattice_px,
-    intersect_aabb,
-    rays_from_pixels,
-    stratified_samples,
-    uniform_noise,
-)
+from selfocc_ns.model.rays import cellular_lattice_px, intersect_aabb, lattice_rays, stratified_samples, uniform_noise
 
 Background = Union[Literal["random", "black", "white"], Tensor]
 
@@ -70,33 +62,6 @@ class NeuSAlpha(nn.Module):
         prev_cdf = torch.sigmoid((sdf - iter_cos * deltas_m * 0.5) * inv_s)
         next_cdf = torch.sigmoid((sdf + iter_cos * deltas_m * 0.5) * inv_s)
         return ((prev_cdf - next_cdf + 1e-5) / (prev_cdf + 1e-5)).clip(0.0, 1.0)
-
-
-def composite_weights(alphas: Float[Tensor, "*rays S"], packed: bool = False) -> Float[Tensor, "*rays S"]:
-    """Rendering weights w_i = alpha_i prod_{j<i} (1 - alpha_j) with nerfacc (dense or packed)."""
-    if not packed:
-        return nerfacc.render_weight_from_alpha(alphas)[0]
-    num_samples = alphas.shape[-1]
-    flat = alphas.reshape(-1)
-    num_rays = flat.shape[0] // num_samples
-    ray_indices = torch.arange(num_rays, device=alphas.device).repeat_interleave(num_samples)
-    weights, _ = nerfacc.render_weight_from_alpha(flat, ray_indices=ray_indices, n_rays=num_rays)
-    return weights.reshape(alphas.shape)
-
-
-def accumulate(
-    weights: Float[Tensor, "*rays S"], values: Optional[Float[Tensor, "*rays S D"]] = None, packed: bool = False
-) -> Float[Tensor, "*rays D"]:
-    """sum_i w_i v_i along rays with nerfacc (accumulation when values is None)."""
-    if not packed:
-        return nerfacc.accumulate_along_rays(weights, values)
-    num_samples = weights.shape[-1]
-    flat_w = weights.reshape(-1)
-    num_rays = flat_w.shape[0] // num_samples
-    ray_indices = torch.arange(num_rays, device=weights.device).repeat_interleave(num_samples)
-    flat_v = None if values is None else values.reshape(flat_w.shape[0], -1)
-    out = nerfacc.accumulate_along_rays(flat_w, flat_v, ray_indices=ray_indices, n_rays=num_rays)
-    return out.reshape(*weights.shape[:-1], out.shape[-1])
 
 
 @dataclass
@@ -178,7 +143,7 @@ class SelfOccRendererConfig(InstantiateConfig):
     eval_chunk_rays: int = 8192
     """Rays per chunk in `render_cameras_chunked` (memory is flat in the lattice size)."""
     compositing: Literal["auto", "dense", "packed"] = "auto"
-    """nerfacc path: dense on CPU, packed (ray_indices) on CUDA when 'auto'. Packed is unverified on CPU."""
+    """nerfacc path: dense on CPU, packed (ray_indices) on CUDA when 'auto'. Packed weights need CUDA."""
 
 
 class SelfOccRenderer(nn.Module):
@@ -199,9 +164,6 @@ class SelfOccRenderer(nn.Module):
         return cellular_lattice_px(
             image_hw, self.config.train_lattice_hw, generator, self.config.snap_lattice_to_pixels, device
         )
-
-    def eval_lattice_px(self, image_hw: Tuple[int, int], device: torch.device | str = "cpu") -> Float[Tensor, "h w 2"]:
-        return fixed_lattice_px(image_hw, eval_lattice_hw(image_hw, self.config.eval_lattice_fraction), device)
 
     def _packed(self, device: torch.device) -> bool:
         if self.config.compositing == "auto":
@@ -281,19 +243,9 @@ class SelfOccRenderer(nn.Module):
 
         Outputs have leading dims [B, N, h, w].
         """
-        batch, cams, h, w = lattice_px.shape[:4]
-        origins, directions, z_per_distance = rays_from_pixels(lattice_px.reshape(batch, cams, h * w, 2),
-                                                               intrinsics, cam2ego)
-        outputs = self.render_rays(
-            grid,
-            origins.reshape(batch, -1, 3),
-            directions.reshape(batch, -1, 3),
-            z_per_distance.reshape(batch, -1, 1),
-            generator,
-            background,
-            per_sample_outputs,
-        )
-        return outputs.reshape_rays((batch, cams, h, w))
+        origins, directions, z_per_distance = lattice_rays(lattice_px, intrinsics, cam2ego)
+        outputs = self.render_rays(grid, origins, directions, z_per_distance, generator, background, per_sample_outputs)
+        return outputs.reshape_rays(lattice_px.shape[:4])
 
     @torch.no_grad()
     def render_cameras_chunked(
@@ -311,12 +263,8 @@ class SelfOccRenderer(nn.Module):
         Only per-ray outputs (depth, ray_distance, accumulation, rgb, semantics, hit) are kept, so memory
         is bounded by the chunk, not by the lattice size. Leading dims [B, N, h, w].
         """
-        batch, cams, h, w = lattice_px.shape[:4]
         chunk = chunk_rays or self.config.eval_chunk_rays
-        origins, directions, z_per_distance = rays_from_pixels(lattice_px.reshape(batch, cams, h * w, 2),
-                                                               intrinsics, cam2ego)
-        origins, directions = origins.reshape(batch, -1, 3), directions.reshape(batch, -1, 3)
-        z_per_distance = z_per_distance.reshape(batch, -1, 1)
+        origins, directions, z_per_distance = lattice_rays(lattice_px, intrinsics, cam2ego)
         pieces: Dict[str, list] = {}
         for start in range(0, origins.shape[1], chunk):
             part = slice(start, start + chunk)
@@ -327,4 +275,4 @@ class SelfOccRenderer(nn.Module):
                 if value is not None:
                     pieces.setdefault(f.name, []).append(value)
         merged = RenderOutputs(**{name: torch.cat(parts, dim=1) for name, parts in pieces.items()})
-        return merged.reshape_rays((batch, cams, h, w))
+        return merged.reshape_rays(lattice_px.shape[:4])

@@ -72,6 +72,19 @@ def xavier_linear(layer: nn.Linear) -> nn.Linear:
     return layer
 
 
+def deformable_projections(
+    dim: int, num_heads: int, num_levels: int, num_points: int, grow: bool
+) -> Tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
+    """value_proj, sampling_offsets, attention_weights and output_proj of a deformable attention, created in
+    this order (seeded initialisations depend on it) and initialised as the official encoder: xavier
+    projections, offsets and weights by `init_deformable_heads`."""
+    value_proj = xavier_linear(nn.Linear(dim, dim))
+    sampling_offsets = nn.Linear(dim, num_heads * num_levels * num_points * 2)
+    attention_weights = nn.Linear(dim, num_heads * num_levels * num_points)
+    init_deformable_heads(sampling_offsets, attention_weights, num_heads, num_levels, num_points, grow)
+    return value_proj, sampling_offsets, attention_weights, xavier_linear(nn.Linear(dim, dim))
+
+
 def run_chunk(fn: Callable[..., Tensor], use_checkpoint: bool, *args: Tensor) -> Tensor:
     """Call fn, recomputing it in backward (activation checkpointing) when asked and grads are on."""
     if use_checkpoint and torch.is_grad_enabled():
@@ -99,11 +112,9 @@ class DeformableImageAttention(nn.Module):
             raise ValueError(f"num_points {num_points} must be a multiple of the pillar anchors {num_anchors}")
         self.dim, self.num_heads, self.num_levels = dim, num_heads, num_levels
         self.num_points, self.num_anchors = num_points, num_anchors
-        self.value_proj = xavier_linear(nn.Linear(dim, dim))
-        self.sampling_offsets = nn.Linear(dim, num_heads * num_levels * num_points * 2)
-        self.attention_weights = nn.Linear(dim, num_heads * num_levels * num_points)
-        init_deformable_heads(self.sampling_offsets, self.attention_weights, num_heads, num_levels, num_points, False)
-        self.output_proj = xavier_linear(nn.Linear(dim, dim))
+        self.value_proj, self.sampling_offsets, self.attention_weights, self.output_proj = deformable_projections(
+            dim, num_heads, num_levels, num_points, grow=False
+        )
         self.dropout = nn.Dropout(dropout)
 
     def camera_values(self, cam_feats: Sequence[Float[Tensor, "C hl wl"]]) -> List[Float[Tensor, "heads Ch hl wl"]]:
@@ -188,11 +199,9 @@ class CrossPlaneSelfAttention(nn.Module):
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.dim, self.num_heads, self.num_planes, self.num_points = dim, num_heads, num_planes, num_points
-        self.value_proj = xavier_linear(nn.Linear(dim, dim))
-        self.sampling_offsets = nn.Linear(dim, num_heads * num_planes * num_points * 2)
-        self.attention_weights = nn.Linear(dim, num_heads * num_planes * num_points)
-        init_deformable_heads(self.sampling_offsets, self.attention_weights, num_heads, num_planes, num_points, True)
-        self.output_proj = xavier_linear(nn.Linear(dim, dim))
+        self.value_proj, self.sampling_offsets, self.attention_weights, self.output_proj = deformable_projections(
+            dim, num_heads, num_planes, num_points, grow=True
+        )
         self.dropout = nn.Dropout(dropout)
 
     def attend_chunk(

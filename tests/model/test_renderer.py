@@ -7,20 +7,44 @@ import math
 import pytest
 import torch
 
+from selfocc_ns.model import compositing, rays
+from selfocc_ns.model.compositing import (
+    accumulate,
+    accumulate_dense,
+    accumulate_packed,
+    composite_weights,
+    composite_weights_dense,
+    composite_weights_packed,
+    packed_ray_indices,
+)
 from selfocc_ns.model.field import FieldGrid, SelfOccFieldConfig
 from selfocc_ns.model.planes import SceneGrid, TPVPlanes, grid_points_m
 from selfocc_ns.model.rays import (
     cellular_lattice_px,
+    eval_lattice_hw,
     fixed_lattice_px,
     intersect_aabb,
+    intersect_aabb_nerfacc,
+    intersect_aabb_torch,
     project_points,
     rays_from_pixels,
     stratified_samples,
 )
-from selfocc_ns.model.renderer import NeuSAlpha, SelfOccRendererConfig, accumulate, composite_weights
+from selfocc_ns.model.renderer import NeuSAlpha, SelfOccRendererConfig
 
 RANGE = (-20.0, -20.0, -4.0, 20.0, 20.0, 6.0)
 GRID = (41, 41, 21)
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(
+            not torch.cuda.is_available(), reason="the nerfacc fast paths (packed scan, ray_aabb_intersect) need CUDA"
+        ),
+    ),
+]
+"""Fast paths are checked against their references on every device here; on CPU the dispatchers must
+pick the reference (nerfacc's packed scan and ray-box kernel raise there)."""
 
 
 def look_cam2ego(position, yaw_deg: float, pitch_down_deg: float) -> torch.Tensor:
@@ -151,13 +175,68 @@ def test_dense_compositing_matches_a_python_loop():
     assert torch.allclose(accumulate(weights)[:, 0], weights.sum(1))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="packed nerfacc path needs CUDA (unverified here)")
-def test_packed_compositing_matches_dense_on_cuda():
-    alphas = torch.rand(64, 32, device="cuda")
-    values = torch.rand(64, 32, 3, device="cuda")
-    assert torch.allclose(composite_weights(alphas, packed=True), composite_weights(alphas), atol=1e-5)
-    w = composite_weights(alphas)
-    assert torch.allclose(accumulate(w, values, packed=True), accumulate(w, values), atol=1e-5)
+def test_packed_ray_indices():
+    assert packed_ray_indices(3, 2, "cpu").tolist() == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compositing_on_each_device_matches_the_dense_reference(device):
+    g = torch.Generator().manual_seed(0)
+    alphas = (torch.rand(2, 64, 32, generator=g) ** 3).to(device)
+    alphas[0, :5] = 0.0  # rays that miss the box have all-zero alphas
+    values = torch.rand(2, 64, 32, 3, generator=g).to(device)
+    packed = renderer()._packed(torch.device(device))  # what the renderer picks on this device ('auto')
+    assert packed == (device == "cuda")
+    reference = composite_weights_dense(alphas)
+    weights = composite_weights(alphas, packed)
+    assert torch.allclose(weights, reference, atol=1e-5)
+    assert torch.allclose(accumulate(weights, values, packed), accumulate_dense(reference, values), atol=1e-5)
+    assert torch.allclose(accumulate(weights, None, packed), accumulate_dense(reference), atol=1e-5)
+    if device == "cuda":
+        assert torch.allclose(composite_weights_packed(alphas), reference, atol=1e-5)
+        assert torch.allclose(accumulate_packed(reference, values), accumulate_dense(reference, values), atol=1e-5)
+
+
+def random_rays(count: int, device: str):
+    """Unit rays from inside the box (they always hit) and from a shell around it (some miss)."""
+    g = torch.Generator().manual_seed(1)
+    lo, hi = torch.tensor(RANGE[:3]), torch.tensor(RANGE[3:])
+    inside = lo + (hi - lo) * torch.rand(count // 2, 3, generator=g)
+    around = lo + (hi - lo) * (3.0 * torch.rand(count - count // 2, 3, generator=g) - 1.0)
+    directions = torch.nn.functional.normalize(torch.randn(count, 3, generator=g), dim=-1)
+    return torch.cat([inside, around]).to(device), directions.to(device), count // 2
+
+
+@pytest.mark.parametrize("near_m", [0.0, 5.0])
+@pytest.mark.parametrize("device", DEVICES)
+def test_ray_box_intersection_on_each_device_matches_the_torch_reference(device, near_m):
+    origins, directions, num_inside = random_rays(512, device)
+    near, far, hit = intersect_aabb_torch(origins, directions, RANGE, near_m)
+    hit_from_zero = intersect_aabb_torch(origins, directions, RANGE, 0.0)[2]
+    assert hit_from_zero[:num_inside].all() and not hit_from_zero[num_inside:].all()  # starting inside; misses
+    if near_m > 0:
+        assert (hit_from_zero & ~hit).any()  # the box part of some rays lies before near_m
+    assert torch.all(near[~hit] == near_m) and torch.all(far[~hit] == near_m)
+    fast = [intersect_aabb(origins, directions, RANGE, near_m)]
+    if device == "cuda":
+        fast.append(intersect_aabb_nerfacc(origins, directions, RANGE, near_m))
+    for fast_near, fast_far, fast_hit in fast:
+        assert torch.equal(fast_hit, hit)
+        assert torch.allclose(fast_near, near, atol=1e-4) and torch.allclose(fast_far, far, atol=1e-4)
+
+
+def test_dispatchers_use_the_references_on_cpu(monkeypatch):
+    def fast_path(*args, **kwargs):
+        raise AssertionError("a CUDA fast path ran on CPU")
+
+    monkeypatch.setattr(rays, "intersect_aabb_nerfacc", fast_path)
+    monkeypatch.setattr(compositing, "composite_weights_packed", fast_path)
+    monkeypatch.setattr(compositing, "accumulate_packed", fast_path)
+    origins, directions, _ = random_rays(64, "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(intersect_aabb(origins, directions, RANGE),
+                                                  intersect_aabb_torch(origins, directions, RANGE)))
+    out, *_ = render_plane(45.0)  # the whole camera render on CPU ('auto' compositing)
+    assert out.accumulation.max() > 0.99
 
 
 def render_plane(pitch_deg: float, training: bool = False, normal=(0.0, 0.0, 1.0)):
@@ -207,7 +286,7 @@ def test_chunked_eval_matches_one_shot_and_gradients_reach_variance_and_grid():
     r.eval()
     K = intrinsics(30.0, (20, 30)).expand(2, 3, 3, 3)
     poses = torch.stack([look_cam2ego((0.0, 0.0, 1.5), yaw, 15.0) for yaw in (0.0, 120.0, 240.0)]).expand(2, 3, 4, 4)
-    px = r.eval_lattice_px((20, 30)).expand(2, 3, 10, 15, 2)
+    px = fixed_lattice_px((20, 30), eval_lattice_hw((20, 30), r.config.eval_lattice_fraction)).expand(2, 3, 10, 15, 2)
     with torch.no_grad():
         full = r.render_cameras(grid, px, K, poses, per_sample_outputs=False)
     chunked = r.render_cameras_chunked(grid, px, K, poses, chunk_rays=37)

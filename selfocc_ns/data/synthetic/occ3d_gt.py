@@ -83,9 +83,8 @@ def occupancy_semantics(world, ego2global: np.ndarray, timestamp_us: int) -> np.
     for zi in range(z0, z1):
         rows = centres[:, :, zi].reshape(-1, 3) @ rot.T + trans
         b, c = best[:, :, zi].reshape(-1), cls[:, :, zi].reshape(-1)  # copies of the (strided) row
-        for r_in, r_out in world._slabs:
-            dw = sdf_annular_slab(rows[near_walk] - world._circle_centre, r_in, r_out, road.kerb_height_m,
-                                  world._slab_mid, world._slab_half_span)
+        for slab in world._slabs:
+            dw = sdf_annular_slab(rows[near_walk] - world._circle_centre, slab)
             better = dw < b[near_walk]
             b[near_walk[better]] = dw[better]
             c[near_walk[better]] = CLASS_ID["sidewalk"]

@@ -10,7 +10,7 @@ directions (M, 3) float32; it returns the ray parameter t (M,) float32 of the fi
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Sequence, Tuple
+from typing import NamedTuple, Sequence, Tuple
 
 import numpy as np
 
@@ -18,6 +18,17 @@ BOX, CYLINDER, SPHERE = 0, 1, 2
 """Shape codes of `Primitives.shape`."""
 
 _INF = np.float32(np.inf)
+
+
+class AnnularSlab(NamedTuple):
+    """A sidewalk slab {r_inner <= r <= r_outer, 0 <= z <= height, |angle - mid| <= half_span} in polar
+    coordinates (r, angle) around a circle centre at z = 0 (metres, rad)."""
+
+    r_inner: float
+    r_outer: float
+    height: float
+    mid_angle_rad: float
+    half_span_rad: float
 
 
 @dataclass
@@ -157,22 +168,15 @@ def intersect_ground(origin_z: np.ndarray, dz: np.ndarray, max_distance_m: float
 
 
 def intersect_annular_slab(
-    oc: np.ndarray,
-    dx: np.ndarray,
-    dy: np.ndarray,
-    dz: np.ndarray,
-    r_inner: float,
-    r_outer: float,
-    height: float,
-    mid_angle_rad: float,
-    half_span_rad: float,
+    oc: np.ndarray, dx: np.ndarray, dy: np.ndarray, dz: np.ndarray, slab: AnnularSlab
 ) -> np.ndarray:
-    """First entry into {r_inner <= |xy| <= r_outer, 0 <= z <= height, |angle - mid| <= half_span}.
+    """First entry into the slab.
 
     `oc` is the ray origin minus the circle centre (z of the centre = 0). Candidate entries are the
     top face (from above), the outer wall (from outside) and the inner wall (from inside); the flat
     end faces of the sector are ignored (they lie far beyond sensor range by construction).
     """
+    r_inner, r_outer, height, mid_angle_rad, half_span_rad = slab
     ox, oy, oz = _components(oc)
     ri2, ro2 = np.float32(r_inner**2), np.float32(r_outer**2)
     h = np.float32(height)

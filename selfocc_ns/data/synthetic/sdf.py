@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from selfocc_ns.data.synthetic.raycast import BOX, CYLINDER, SPHERE
+from selfocc_ns.data.synthetic.raycast import BOX, CYLINDER, SPHERE, AnnularSlab
 
 
 def _box_sdf_from_q(q: np.ndarray) -> np.ndarray:
@@ -47,21 +47,15 @@ def sdf_primitive(shape: int, p_rel: np.ndarray, yaw: float, half: np.ndarray) -
     return sdf_sphere(p_rel, float(half[0]))
 
 
-def sdf_annular_slab(
-    p_rel: np.ndarray,
-    r_inner: float,
-    r_outer: float,
-    height: float,
-    mid_angle_rad: float,
-    half_span_rad: float,
-) -> np.ndarray:
-    """Sidewalk slab {r_inner <= r <= r_outer, 0 <= z <= height, |angle - mid| <= half_span}.
+def sdf_annular_slab(p_rel: np.ndarray, slab: AnnularSlab) -> np.ndarray:
+    """Sidewalk slab (see `AnnularSlab`).
 
     `p_rel` = points minus the circle centre (at z = 0). Exact within the angular span (a solid of
     revolution: the distance is the 2D box distance in the (r, z) half-plane); beyond the ends, the
     overshoot along the arc is treated as a third box axis (a close approximation; the ends lie far
     outside any sensor's range by construction).
     """
+    r_inner, r_outer, height, mid_angle_rad, half_span_rad = slab
     r = np.hypot(p_rel[:, 0], p_rel[:, 1])
     angle = np.arctan2(p_rel[:, 1], p_rel[:, 0])
     off = np.abs(np.angle(np.exp(1j * (angle - mid_angle_rad))))

@@ -150,8 +150,8 @@ def surface_of_hits(world, prims: rc.Primitives, origin: np.ndarray, dirs: np.nd
             rel_x, rel_y = x[wall] - world._circle_centre[0], y[wall] - world._circle_centre[1]
             r = np.hypot(rel_x, rel_y)
             slab = SIDEWALK_KINDS[0] - kd[wall]
-            r_in = np.array([sl[0] for sl in world._slabs])[slab]
-            r_out = np.array([sl[1] for sl in world._slabs])[slab]
+            r_in = np.array([sl.r_inner for sl in world._slabs])[slab]
+            r_out = np.array([sl.r_outer for sl in world._slabs])[slab]
             outward = np.where(np.abs(r - r_out) < np.abs(r - r_in), 1.0, -1.0) / r
             surf.nx[wall], surf.ny[wall], surf.nz[wall] = rel_x * outward, rel_y * outward, 0.0
             surf.u[wall], surf.v[wall] = surf.road_s[wall], z[wall]

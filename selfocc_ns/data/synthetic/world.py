@@ -143,9 +143,10 @@ class SceneWorld:
         self._is_static = np.array([self.objects[i]["track"] < 0 for i, _ in parts], dtype=bool)
         self._static = self._place(self._local.take(self._is_static), {})
         r = self.road
-        self._slabs = [(r_in, r_out) for r_in, r_out in r.sidewalk_radii()]
-        self._slab_mid = float(r.theta(0.5 * (r.s_min_m + r.s_max_m)))
-        self._slab_half_span = (r.s_max_m - r.s_min_m) / (2.0 * r.radius_m)
+        slab_mid = float(r.theta(0.5 * (r.s_min_m + r.s_max_m)))
+        slab_half_span = (r.s_max_m - r.s_min_m) / (2.0 * r.radius_m)
+        self._slabs = [rc.AnnularSlab(r_in, r_out, r.kerb_height_m, slab_mid, slab_half_span)
+                       for r_in, r_out in r.sidewalk_radii()]
         self._circle_centre = np.array([r.centre_x_m, r.centre_y_m, 0.0])
 
     # ------------------------------------------------------------------ poses
@@ -206,9 +207,8 @@ class SceneWorld:
             oc = oc.reshape(-1, 3)[down]
         sub = [a.reshape(-1)[down] for a in (dx, dy, dz)]
         t_flat, kind_flat = t.reshape(-1), kind.reshape(-1)
-        for k, (r_in, r_out) in enumerate(self._slabs):
-            ts = rc.intersect_annular_slab(oc, *sub, r_in, r_out, self.road.kerb_height_m, self._slab_mid,
-                                           self._slab_half_span)
+        for k, slab in enumerate(self._slabs):
+            ts = rc.intersect_annular_slab(oc, *sub, slab)
             closer = ts < t_flat[down]
             t_flat[down[closer]] = ts[closer]
             kind_flat[down[closer]] = SIDEWALK_KINDS[k]
@@ -322,9 +322,8 @@ class SceneWorld:
         prims = self.primitives_at(timestamp_us) if primitives is None else primitives
         flat = sdf_ground(p)
         flat_cls = ground_class(self.road, self.patches, p[:, 0], p[:, 1])
-        for r_in, r_out in reversed(self._slabs):  # reversed + '<=' keeps the left slab first on ties
-            d = sdf_annular_slab(p - self._circle_centre, r_in, r_out, self.road.kerb_height_m, self._slab_mid,
-                                 self._slab_half_span)
+        for slab in reversed(self._slabs):  # reversed + '<=' keeps the left slab first on ties
+            d = sdf_annular_slab(p - self._circle_centre, slab)
             better = d <= flat
             flat[better] = d[better]
             flat_cls[better] = CLASS_ID["sidewalk"]
