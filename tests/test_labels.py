@@ -13,7 +13,13 @@ import tyro
 from PIL import Image
 
 from selfocc_ns.data.occ3d import CLASS_ID, IGNORE_ID, SKY_ID
-from selfocc_ns.data.label_maps import OPENSEED_PROMPTS, apply_label_map, get_label_map
+from selfocc_ns.data.label_maps import (
+    LABEL_SPACE_FILE,
+    OPENSEED_PROMPTS,
+    apply_label_map,
+    folder_label_space,
+    get_label_map,
+)
 from selfocc_ns.scripts.labels import LabelsConfig, label_path, load_segmentor, run_labels
 
 HEIGHT, WIDTH = 8, 12
@@ -160,8 +166,9 @@ def test_labels_command_writes_mapped_pngs_and_resumes(world):
     assert (summary.images_in_split, summary.written, summary.skipped_existing, summary.scenes) == (6, 6, 0, 1)
     lut = get_label_map("openseed")
     written = sorted((root / "semantics").rglob("*"))
-    pngs = [p for p in written if p.is_file()]
+    pngs = [p for p in written if p.is_file() and p.name != LABEL_SPACE_FILE]
     assert len(pngs) == 6 and all(p.suffix == ".png" for p in pngs)  # no leftover temporary files
+    assert folder_label_space(root / "semantics") == "occ3d"
     for channel in CHANNELS:
         files = sorted((root / "semantics" / channel).glob("*.png"))
         assert [f.name for f in files] == [f"scene-0061__{channel}__{t}.png" for t in (1000000, 1250000, 1500000)]

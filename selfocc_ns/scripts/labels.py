@@ -1,16 +1,26 @@
 """`selfocc-labels`: run any 2D segmentor over a nuScenes split's camera images and write label PNGs.
 
     selfocc-labels --segmentor my_pkg.seg:segment --data-dir data/nuscenes --version v1.0-trainval \
-        --split train --include-sweeps --mapping openseed
+        --split train --include-sweeps --mapping openseed [--label-space openseed]
 
 The segmentor is any Python callable given as `module:function` (or `path/to/file.py:function`):
 it takes one RGB image (numpy uint8 [H, W, 3]) and returns a class map [H, W] (numpy or torch,
-integer ids of the segmentor's own classes). The ids are mapped to this project's label ids
-(Occ3D 0..16, 17 sky, 255 ignore; `selfocc_ns.data.label_maps`) and written as uint8 PNGs to
+integer ids of the segmentor's own classes). The ids are mapped to this project's label ids in the chosen
+label space (`--label-space`: "occ3d", Occ3D 0..16, 17 sky, 255 ignore; or "openseed", the 21 OpenSeeD
+prompt ids the official occ preset trains on; `selfocc_ns.data.label_maps`) and written as uint8 PNGs to
 `<out-dir>/semantics/<CHANNEL>/<image file stem>.png` (out-dir defaults to the data dir, where
-the `nuscenes-data` dataparser looks for them). Files already there are skipped, so an
+the `nuscenes-data` dataparser looks for them), with `<out-dir>/semantics/label_space.json` naming the label
+space (training checks it against the model's). Files already there are skipped, so an
 interrupted run resumes where it stopped; each PNG is written to a temporary name first and
 renamed, so a killed run never leaves a half-written file that would count as done.
+
+`--source-labels DIR` relabels existing label PNGs (DIR/<CHANNEL>/<stem>.png) instead of running a
+segmentor, e.g. the synthetic world's Occ3D labels as OpenSeeD ids:
+
+    selfocc-labels --source-labels ROOT/semantics --label-space openseed --data-dir ROOT --version v1.0-mini \
+        --split all --include-sweeps --out-dir ROOT/openseed
+
+(then train with `nuscenes-data --semantics-dir ROOT/openseed/semantics`).
 """
 
 from __future__ import annotations
@@ -28,8 +38,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from selfocc_ns.data.frames import CAMERA_CHANNELS
+from selfocc_ns.data.label_maps import (
+    OPENSEED_PROMPTS,
+    SemanticLabelSpace,
+    apply_label_map,
+    get_label_map,
+    write_folder_label_space,
+)
 from selfocc_ns.data.occ3d import IGNORE_ID, OCC3D_CLASSES
-from selfocc_ns.data.label_maps import apply_label_map, get_label_map
 
 Segmentor = Callable[[np.ndarray], object]
 """image uint8 [H, W, 3] RGB -> class map [H, W] of integer ids (numpy array or torch tensor)."""
@@ -46,8 +62,12 @@ SPLITS_BY_VERSION = {
 class LabelsConfig:
     """Write 2D semantic label PNGs for a nuScenes split with any segmentor."""
 
-    segmentor: str
+    segmentor: Optional[str] = None
     """Python callable `module:function` or `path/to/file.py:function`: RGB uint8 [H, W, 3] -> class ids [H, W]."""
+    source_labels: Optional[Path] = None
+    """Relabel the label PNGs of this folder (<dir>/<CHANNEL>/<stem>.png) instead of running a segmentor."""
+    label_space: SemanticLabelSpace = "occ3d"
+    """Labels to write: occ3d (Occ3D ids, 17 sky, 255 ignore) or openseed (the 21 OpenSeeD ids, official occ)."""
     data_dir: Path = Path("data/nuscenes")
     """nuScenes data root (holds the version folder, samples/ and sweeps/)."""
     version: str = "v1.0-trainval"
@@ -58,8 +78,9 @@ class LabelsConfig:
     """Also label the non-keyframe camera images (sweeps), which SelfOcc's anchors and sources use."""
     cameras: Tuple[str, ...] = CAMERA_CHANNELS
     """Camera channels to label."""
-    mapping: str = "openseed"
-    """Segmentor ids -> label ids: openseed (the official 21 prompts), identity, or a JSON file."""
+    mapping: Optional[str] = None
+    """Ids -> labels: openseed (21 prompts), identity, from-occ3d, or a JSON file (default: openseed; with
+    --source-labels: identity, or from-occ3d into openseed)."""
     out_dir: Optional[Path] = None
     """Root of the output; PNGs go to <out-dir>/semantics/<CHANNEL>/. Default: the data dir."""
     limit: Optional[int] = None
@@ -84,7 +105,8 @@ class LabelRunSummary:
     """Scenes of the split that the loaded version does not hold (e.g. a partial download)."""
     out_of_range_pixels: int = 0
     label_pixel_counts: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=np.int64))
-    """Pixels per written label id (0..17, 255), over the images written in this run."""
+    """Pixels per written label id (0..17 or 0..20, 255), over the images written in this run."""
+    label_space: str = "occ3d"
 
     def format(self) -> str:
         lines = [
@@ -98,8 +120,9 @@ class LabelRunSummary:
             lines.append(f"  pixels with ids outside 0..255 (written as ignore): {self.out_of_range_pixels}")
         total = int(self.label_pixel_counts.sum())
         if total:
-            names = list(OCC3D_CLASSES[:17]) + ["sky"]
-            shares = [f"{names[i]} {100.0 * c / total:.1f}%" for i, c in enumerate(self.label_pixel_counts[:18]) if c]
+            names = list(OCC3D_CLASSES[:17]) + ["sky"] if self.label_space == "occ3d" else list(OPENSEED_PROMPTS)
+            counts = self.label_pixel_counts[: len(names)]
+            shares = [f"{names[i]} {100.0 * c / total:.1f}%" for i, c in enumerate(counts) if c]
             ignored = self.label_pixel_counts[IGNORE_ID]
             if ignored:
                 shares.append(f"ignore {100.0 * ignored / total:.1f}%")
@@ -192,6 +215,24 @@ def segment_image(segmentor: Segmentor, image_path: Path, token: str) -> Tuple[n
     return rgb, class_map
 
 
+def relabel_source(source_labels: Path, channel: str, image_filename: str) -> np.ndarray:
+    """The class map of an image from an existing label folder (<source>/<CHANNEL>/<stem>.png)."""
+    path = Path(source_labels) / channel / (Path(image_filename).stem + ".png")
+    if not path.is_file():
+        raise FileNotFoundError(f"--source-labels has no label for {image_filename}: {path}")
+    with Image.open(path) as img:
+        return np.asarray(img, dtype=np.uint8).astype(np.int64)
+
+
+def resolve_mapping(config: "LabelsConfig") -> str:
+    """The map a run uses: `--mapping`, else openseed (segmentor) / identity or from-occ3d (--source-labels)."""
+    if config.mapping is not None:
+        return config.mapping
+    if config.source_labels is None:
+        return "openseed"
+    return "from-occ3d" if config.label_space == "openseed" else "identity"
+
+
 def write_label_png(path: Path, labels: np.ndarray) -> None:
     """Write a uint8 label PNG atomically (temporary file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,8 +246,11 @@ def run_labels(config: LabelsConfig) -> LabelRunSummary:
     from nuscenes.nuscenes import NuScenes
 
     scene_names = split_scene_names(config.version, config.split)
-    lut = get_label_map(config.mapping)
-    segmentor = load_segmentor(config.segmentor)
+    if (config.segmentor is None) == (config.source_labels is None):
+        raise ValueError("give exactly one of --segmentor (run a segmentor) and --source-labels (relabel PNGs)")
+    mapping = resolve_mapping(config)
+    lut = get_label_map(mapping, config.label_space)
+    segmentor = load_segmentor(config.segmentor) if config.segmentor is not None else None
     data_dir = Path(config.data_dir)
     if not (data_dir / config.version).is_dir():
         raise FileNotFoundError(f"nuScenes tables not found: {data_dir / config.version}")
@@ -215,18 +259,23 @@ def run_labels(config: LabelsConfig) -> LabelRunSummary:
     if num_scenes == 0:
         raise ValueError(f"split {config.split!r} selects no scene of {config.version} in {data_dir}")
     out_root = Path(config.out_dir) if config.out_dir is not None else data_dir
-    summary = LabelRunSummary(out_root=out_root, images_in_split=len(images), scenes=num_scenes, scenes_missing=missing)
+    summary = LabelRunSummary(out_root=out_root, images_in_split=len(images), scenes=num_scenes, scenes_missing=missing,
+                              label_space=config.label_space)
+    write_folder_label_space(out_root / "semantics", config.label_space, mapping)
     todo = []
     for channel, filename, token in images:
         target = label_path(out_root, channel, filename)
         if target.is_file() and target.stat().st_size > 0:
             summary.skipped_existing += 1
         else:
-            todo.append((filename, token, target))
+            todo.append((channel, filename, token, target))
     if config.limit is not None:
         todo = todo[: config.limit]
-    for filename, token, target in tqdm(todo, desc="selfocc-labels", unit="img"):
-        _, class_map = segment_image(segmentor, data_dir / filename, token)
+    for channel, filename, token, target in tqdm(todo, desc="selfocc-labels", unit="img"):
+        if segmentor is not None:
+            _, class_map = segment_image(segmentor, data_dir / filename, token)
+        else:
+            class_map = relabel_source(Path(config.source_labels), channel, filename)
         labels, out_of_range = apply_label_map(class_map, lut)
         write_label_png(target, labels)
         summary.written += 1
