@@ -1,8 +1,10 @@
 """The batch the datamanager yields and the model consumes (docs/architecture.md).
 
-All poses are expressed in the reference ego frame of the input keyframe t (x forward, y left, z up,
-metres); cameras are OpenCV (x right, y down, z forward). Intrinsics always refer to the pixel grid
-of the image tensor they travel with (crop and scale already applied).
+All poses are expressed in the reference frame of the input keyframe t (metres): its LiDAR ego pose (x
+forward, y left, z up) or its LIDAR_TOP sensor frame, by the datamanager's `reference_frame`; `ego2ref` maps
+the ego frame into it (identity for "ego"). The `*cam2ego` names keep "ego" for that reference frame. Cameras
+are OpenCV (x right, y down, z forward). Intrinsics always refer to the pixel grid of the image tensor they
+travel with (crop and scale already applied).
 """
 
 from __future__ import annotations
@@ -23,11 +25,15 @@ class NovelViews:
     """Of the lattice-resolution crop the depth is rendered on, per frame V and camera N."""
     cam2ego: Float[Tensor, "V N 4 4"]
     lidar_points: List[Float[Tensor, "P 3"]]
-    """Each frame's LiDAR points, in the reference ego frame of t."""
+    """Each frame's LiDAR points, in the reference frame of t."""
     distance_m: Float[Tensor, "V"]
     """Distance between the CAM_FRONT centres of that frame and of t."""
     image_hw: tuple = (0, 0)
     """(H, W) of the crop the intrinsics refer to."""
+    lidar2ref: Optional[Float[Tensor, "V 4 4"]] = None
+    """Each frame's LIDAR_TOP sensor frame -> the reference frame of t (how `lidar_points` were mapped)."""
+    keyframe_lidar2ref: Optional[Float[Tensor, "4 4"]] = None
+    """t's own LIDAR_TOP sensor frame -> its reference frame (NaN without LiDAR)."""
 
 
 @dataclass
@@ -66,6 +72,8 @@ class SelfOccBatch:
 
     anchor_is_current: Optional[Tensor] = None
     """(B,) bool: the anchor is the input keyframe itself."""
+    ego2ref: Optional[Float[Tensor, "B 4 4"]] = None
+    """t's ego frame (Occ3D gts) -> its reference frame; None means identity (a hand-built batch)."""
     scene_names: List[str] = field(default_factory=list)
     sample_tokens: List[str] = field(default_factory=list)
     step: int = 0
@@ -82,6 +90,12 @@ class SelfOccBatch:
     @property
     def num_cameras(self) -> int:
         return int(self.images.shape[1])
+
+    def ego2ref_of(self, item: int) -> Tensor:
+        """`ego2ref` of one batch item (4x4, identity when the batch carries none)."""
+        if self.ego2ref is None:
+            return torch.eye(4, dtype=self.cam2ego.dtype, device=self.cam2ego.device)
+        return self.ego2ref[item]
 
     def to(self, device: torch.device | str) -> "SelfOccBatch":
         """A copy with every tensor (also inside lists and NovelViews) on `device`."""

@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from selfocc_ns.data.batch import SelfOccBatch
 from selfocc_ns.data.dataset import ImageGeometryConfig, SelfOccSampleDataset, collate_samples
-from selfocc_ns.data.frames import SelfOccIndex
+from selfocc_ns.data.frames import ReferenceFrame, SelfOccIndex
+from selfocc_ns.data.label_maps import SemanticLabelSpace
 from selfocc_ns.data.nuscenes import SelfOccNuScenesDataParserConfig
 from selfocc_ns.data.sampling import FrameSamplingConfig
 
@@ -51,6 +52,12 @@ class SelfOccDataManagerConfig(DataManagerConfig):
     """Which frames a training step uses: the anchor and, per camera, two sources."""
     use_semantics: Literal["auto", "on", "off"] = "auto"
     """Load 2D labels of the anchor images: 'auto' follows the model's semantic loss."""
+    reference_frame: ReferenceFrame = "ego"
+    """Frame of all poses, LiDAR and the scene box: the keyframe's ego pose or its LIDAR_TOP frame (official depth)."""
+    photometric_augmentation: bool = False
+    """Official photometric distortion of the training input images (brightness, contrast, saturation, hue)."""
+    loss_image_scale: float = 1.0 / 255.0
+    """Anchor / source (loss) images are pixel values times this (official 1/256)."""
 
 
 class StepSampler(Sampler):
@@ -113,6 +120,7 @@ class SelfOccDataManager(DataManager):
         self.data_wait_s = 0.0
         self.train_rays_per_batch = 1  # the pipeline sets it from the model's ray lattice
         self._use_semantics = use_semantics
+        self.semantic_label_space: SemanticLabelSpace = "occ3d"  # the pipeline sets the model's
         self.dataparser = config.dataparser.setup()
         self.includes_time = False
         self.train_dataparser_outputs = self.dataparser.get_dataparser_outputs(split="train")
@@ -138,6 +146,10 @@ class SelfOccDataManager(DataManager):
         """The model says whether it trains a semantic head (for `use_semantics: auto`)."""
         self._use_semantics = use
 
+    def set_semantic_label_space(self, label_space: SemanticLabelSpace) -> None:
+        """The model says which label space its semantic head speaks (the 2D labels are checked against it)."""
+        self.semantic_label_space = label_space
+
     @property
     def use_semantics(self) -> bool:
         if self.config.use_semantics != "auto":
@@ -148,7 +160,8 @@ class SelfOccDataManager(DataManager):
         self, split: Literal["train", "eval"], mode: Literal["train", "eval"], novel_views: bool = False
     ) -> SelfOccSampleDataset:
         """Samples of a split; `mode` 'train' draws anchors and sources, 'eval' loads the truth (LiDAR, Occ3D
-        gts and, with `novel_views`, the neighbour frames' cameras and LiDAR for novel-depth evaluation)."""
+        gts and, with `novel_views`, the neighbour frames' cameras and LiDAR for novel-depth evaluation).
+        Photometric augmentation (if on) applies to the training split's training draws only."""
         index = self.train_index if split == "train" else self.eval_index
         return SelfOccSampleDataset(
             index,
@@ -159,6 +172,10 @@ class SelfOccDataManager(DataManager):
             seed=self.config.seed,
             rank=self.rank,
             novel_views=novel_views and mode == "eval",
+            reference_frame=self.config.reference_frame,
+            photometric_augmentation=self.config.photometric_augmentation and split == "train" and mode == "train",
+            loss_image_scale=self.config.loss_image_scale,
+            semantic_label_space=self.semantic_label_space,
         )
 
     def _loader(self, dataset, sampler, batch_size: int) -> DataLoader:

@@ -7,16 +7,20 @@ A *frame* is one instant of the surround rig: six camera images (keyframe or swe
 is one, a LiDAR sweep. Frames are grouped along the CAM_FRONT sample_data chain; the other cameras'
 images are those nearest in time (in real nuScenes the six cameras fire up to ~40 ms apart, so every
 camera keeps its own ego pose). The *reference* ego frame of a keyframe is the ego pose of its
-LIDAR_TOP sample_data, as for Occ3D.
+LIDAR_TOP sample_data, as for Occ3D; a sample's *reference frame* (`reference_pose`) is that ego frame or the
+LIDAR_TOP sensor frame of the same sample_data, by config (docs/architecture.md, "Frames and units").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
+
+ReferenceFrame = Literal["ego", "lidar"]
+"""The frame a sample's geometry is expressed in: the keyframe's LiDAR ego pose, or its LIDAR_TOP sensor frame."""
 
 CAMERA_CHANNELS: Tuple[str, ...] = (
     "CAM_FRONT",
@@ -85,12 +89,31 @@ class Frame:
         return cam.cam2global[:3, 3]
 
     @property
+    def front_ego_position(self) -> np.ndarray:
+        """Global position (3,) of the ego at the CAM_FRONT (or first camera) image's time: official frame distances."""
+        cam = self.cameras.get("CAM_FRONT") or next(iter(self.cameras.values()))
+        return cam.ego2global[:3, 3]
+
+    @property
     def ref_ego2global(self) -> np.ndarray:
         """Reference ego pose of this frame: LiDAR's ego pose when there is one, else CAM_FRONT's."""
         if self.lidar_ego2global is not None:
             return self.lidar_ego2global
         cam = self.cameras.get("CAM_FRONT") or next(iter(self.cameras.values()))
         return cam.ego2global
+
+
+def reference_pose(frame: Frame, reference_frame: ReferenceFrame) -> np.ndarray:
+    """ref2global (4x4) of a keyframe: its `ref_ego2global` ("ego") or its LIDAR_TOP sensor pose
+    lidar_ego2global @ lidar2ego ("lidar", the official depth / novel-depth frame)."""
+    if reference_frame == "ego":
+        return frame.ref_ego2global
+    if reference_frame != "lidar":
+        raise ValueError(f"reference_frame must be 'ego' or 'lidar', not {reference_frame!r}")
+    if frame.lidar_ego2global is None or frame.lidar2ego is None:
+        raise ValueError(f"reference_frame 'lidar' needs the LIDAR_TOP pose of every keyframe; scene "
+                         f"{frame.scene_name}, sample {frame.sample_token} has none")
+    return frame.lidar_ego2global @ frame.lidar2ego
 
 
 @dataclass
@@ -129,7 +152,7 @@ class SelfOccIndex:
 class Neighbour:
     frame_index: int
     distance_m: float
-    """Distance between the CAM_FRONT centres of the two frames."""
+    """Distance between the two frames: CAM_FRONT centres (`neighbours`), ego at CAM_FRONT (`official_neighbours`)."""
 
 
 def neighbours(
@@ -151,3 +174,26 @@ def neighbours(
         if min_dist_m <= d <= max_dist_m:
             (prev if j < index else nxt).append(Neighbour(j, d))
     return prev, nxt
+
+
+def official_neighbours(
+    frames: Sequence[Frame], index: int, min_dist_m: float, max_dist_m: float
+) -> Tuple[List[Neighbour], List[Neighbour]]:
+    """The official neighbour lists of `frames[index]` (`nuScenes_One_Frame_Sweeps_Dist`, train: strict).
+
+    Distance = between the ego positions at the two frames' CAM_FRONT images (`front_ego_position`). Each side
+    is scanned from the frame outwards and stops at the first frame farther than `max_dist_m`; frames farther
+    than `min_dist_m` (strict) are kept. Both lists are nearest in time first. Held-out frames are skipped.
+    """
+    centre = frames[index].front_ego_position
+    sides: Tuple[List[Neighbour], List[Neighbour]] = ([], [])
+    for side, scan in zip(sides, (range(index - 1, -1, -1), range(index + 1, len(frames)))):
+        for j in scan:
+            if frames[j].held_out:
+                continue
+            d = float(np.linalg.norm(frames[j].front_ego_position - centre))
+            if d > max_dist_m:
+                break
+            if d > min_dist_m:
+                side.append(Neighbour(j, d))
+    return sides
