@@ -14,7 +14,7 @@ import torch
 
 from selfocc_ns.data.batch import SelfOccBatch
 from selfocc_ns.data.datamanager import SelfOccDataManagerConfig
-from selfocc_ns.data.frames import neighbours
+from selfocc_ns.data.frames import neighbours, reference_pose
 from selfocc_ns.data.nuscenes import SelfOccNuScenesDataParserConfig
 from selfocc_ns.data.sampling import FrameSamplingConfig
 from selfocc_ns.data.occ3d import CLASS_ID, FREE_ID, OCC3D_SHAPE, OCC3D_VOXEL_M, voxel_centres_m
@@ -57,30 +57,38 @@ class TruthModel:
 
     `encode(batch)`: the world's exact SDF and class at the Occ3D voxel centres (FieldGrid points), in the
     batch keyframe's reference ego frame at its LiDAR time; mirrored (y -> -y) for a flip-TTA batch.
-    `render_depth`: the world's ray-cast z-depth through the eval lattice points (no volume rendering).
+    `render_depth`: the world's ray-cast z-depth through the eval lattice points (no volume rendering), the
+    cameras given in the `reference_frame` ("ego" or "lidar", as the datamanager's); a mirrored batch's rays
+    are mirrored about the ego x-z plane (in that frame: ego2ref M ego2ref^-1).
     Deliberate errors: `depth_scale` multiplies the depth, `shift_voxels` rolls the grid along x.
     """
 
     semantic_channels = NUM_SEMANTIC
+    semantic_label_space = "occ3d"
     eval_lattice_fraction = 0.5
 
-    def __init__(self, data_dir: Path, index, depth_scale: float = 1.0, shift_voxels: int = 0):
+    def __init__(self, data_dir: Path, index, depth_scale: float = 1.0, shift_voxels: int = 0,
+                 reference_frame: str = "ego"):
         self.world = load_world(data_dir)
         samples = json.loads((Path(data_dir) / "v1.0-mini" / "sample.json").read_text())
         self.lidar_time_us = {s["token"]: s["timestamp"] for s in samples}
         self.frames = {index.sample_frame(i).sample_token: index.sample_frame(i) for i in range(len(index.samples))}
         self.depth_scale, self.shift_voxels = depth_scale, shift_voxels
+        self.reference_frame = reference_frame
         self.encoded: List[SelfOccBatch] = []
+        self.lattices: List[torch.Tensor] = []
         self._grids: Dict[str, FieldGrid] = {}
-        self.current: Tuple[str, bool] = ("", False)
+        self.current: Tuple[str, bool, torch.Tensor] = ("", False, torch.eye(4))
 
     def scene_at(self, token: str):
+        """(scene world, ref2global of the keyframe, its LiDAR time)."""
         frame = self.frames[token]
-        return self.world[frame.scene_name], frame.ref_ego2global, self.lidar_time_us[token]
+        return self.world[frame.scene_name], reference_pose(frame, self.reference_frame), self.lidar_time_us[token]
 
     def truth_grid(self, token: str) -> FieldGrid:
         if token not in self._grids:
-            scene, pose, t_us = self.scene_at(token)
+            scene, _, t_us = self.scene_at(token)
+            pose = self.frames[token].ref_ego2global
             xs, ys, zs = voxel_centres_m()
             centres = np.stack(np.meshgrid(xs, ys, zs, indexing="ij"), -1).reshape(-1, 3)
             sdf, cls = scene.sdf_and_class(centres @ pose[:3, :3].T + pose[:3, 3], t_us)
@@ -89,7 +97,7 @@ class TruthModel:
 
     def encode(self, batch: SelfOccBatch) -> FieldGrid:
         mirrored = bool(batch.info.get("mirrored", False))
-        self.current = (batch.sample_tokens[0], mirrored)
+        self.current = (batch.sample_tokens[0], mirrored, batch.ego2ref_of(0).double())
         self.encoded.append(batch)
         grid = self.truth_grid(batch.sample_tokens[0])
         values = grid.values.flip(3) if mirrored else grid.values  # [B, K, X, Y, Z]: y -> -y
@@ -97,16 +105,20 @@ class TruthModel:
             values = values.roll(self.shift_voxels, dims=2)
         return FieldGrid(values, grid.range_m, 0, NUM_SEMANTIC)
 
-    def render_depth(self, grid, intrinsics, cam2ego, image_hw, lattice_fraction=None):
-        token, mirrored = self.current
+    def render_depth(self, grid, intrinsics, cam2ego, image_hw, lattice_fraction=None, lattice_px=None):
+        token, mirrored, ego2ref = self.current
         scene, pose, t_us = self.scene_at(token)
-        lattice_hw = eval_lattice_hw(image_hw, lattice_fraction or self.eval_lattice_fraction)
-        lattice = fixed_lattice_px(image_hw, lattice_hw).double()
+        if lattice_px is None:
+            lattice_hw = eval_lattice_hw(image_hw, lattice_fraction or self.eval_lattice_fraction)
+            lattice_px = fixed_lattice_px(image_hw, lattice_hw)
+        lattice_hw = tuple(lattice_px.shape[:2])
+        self.lattices.append(lattice_px)
         b, n = intrinsics.shape[:2]
         origins, dirs, z_per_distance = rays_from_pixels(
-            lattice.reshape(1, 1, -1, 2).expand(b, n, -1, 2), intrinsics.double(), cam2ego.double())
+            lattice_px.double().reshape(1, 1, -1, 2).expand(b, n, -1, 2), intrinsics.double(), cam2ego.double())
         if mirrored:  # a ray of the mirrored world is the mirror image of a ray of the real world
-            origins, dirs = origins * torch.tensor([1.0, -1.0, 1.0]), dirs * torch.tensor([1.0, -1.0, 1.0])
+            m = ego2ref @ torch.diag(torch.tensor([1.0, -1.0, 1.0, 1.0], dtype=torch.float64)) @ torch.linalg.inv(ego2ref)
+            origins, dirs = origins @ m[:3, :3].T + m[:3, 3], dirs @ m[:3, :3].T
         rot, trans = torch.from_numpy(pose[:3, :3]), torch.from_numpy(pose[:3, 3])
         hits = scene.cast_rays((origins.reshape(-1, 3) @ rot.T + trans).numpy(), (dirs.reshape(-1, 3) @ rot.T).numpy(),
                                t_us)
@@ -289,6 +301,7 @@ class BlockModel:
     """A 'model' whose field is a solid car block (SDF -1 inside, +1 outside at the voxel centres)."""
 
     semantic_channels = NUM_SEMANTIC
+    semantic_label_space = "occ3d"
     eval_lattice_fraction = 0.5
 
     def __init__(self, block: Tuple[slice, slice, slice]):
@@ -420,3 +433,148 @@ def test_pipeline_reports_floats_for_ns_eval_and_names_the_protocol(tiny_pipelin
     assert metrics["occ/protocol/selfocc"] == 1.0 and metrics["occ/threshold_m"] == 0.0
     assert metrics["occ/num_samples"] == 4.0 and 0.0 <= metrics["occ/iou"] <= 1.0
     assert "occ/baseline/flat_ground/iou" in metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# The LiDAR reference frame and the official lattices
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lidar_dm(small_world):
+    config = SelfOccDataManagerConfig(dataparser=SelfOccNuScenesDataParserConfig(data_dir=small_world), num_workers=0,
+                                      sampling=FrameSamplingConfig(max_dist_m=6.0), reference_frame="lidar")
+    return config.setup(device="cpu", test_mode="test")
+
+
+def in_frame(points: torch.Tensor, ego2ref: torch.Tensor) -> torch.Tensor:
+    return points @ ego2ref[:3, :3].T + ego2ref[:3, 3]
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_depth_in_the_lidar_frame_equals_the_ego_frame(small_world, eval_dm, lidar_dm, truth_batches, flip):
+    """The same keyframes loaded in the LIDAR_TOP frame (cameras, LiDAR) render the same depth maps from the truth
+    and score the same metrics, also with flip TTA (the mirror plane is the ego x-z plane in either frame)."""
+    results, depths = [], []
+    for dm, frame, batches in (("ego", "ego", truth_batches), ("lidar", "lidar", None)):
+        batches = batches or list(lidar_dm.iter_eval_batches([0, 2]))
+        model = TruthModel(small_world, eval_dm.eval_index, reference_frame=frame)
+        evaluator = Evaluator(model, EvalOptions(("depth",), flip=flip), CAMERAS)
+        maps = []
+        for batch, ego_batch in zip(batches, truth_batches):
+            clean = [in_frame(p, batch.ego2ref_of(0)) for p in ego_batch.info["clean_lidar"]]
+            maps.append(evaluator.add(with_lidar(batch, clean))["depth"])
+        results.append(evaluator.results())
+        depths.append(torch.cat(maps))
+    assert not torch.allclose(lidar_dm.iter_eval_batches([0]).__next__().anchor_cam2ego,
+                              truth_batches[0].anchor_cam2ego, atol=0.5)  # really another frame
+    torch.testing.assert_close(depths[1], depths[0], atol=2e-3, rtol=1e-4)
+    for key in ("depth/raw/abs_rel", "depth/raw/rmse", "depth/median/abs_rel", "depth/num_points"):
+        assert results[1][key] == pytest.approx(results[0][key], abs=1e-5), key
+    assert results[0]["depth/raw/abs_rel"] < 1e-3
+
+
+def lidar_half_space_grid(lidar2ego: np.ndarray, x_ego_m: float) -> FieldGrid:
+    """A LiDAR-frame grid over the depth presets' box holding the SDF x_ego - x_ego_m (linear, so trilinear reads
+    are exact): in LiDAR coordinates p, x_ego = lidar2ego[0, :3] . p + lidar2ego[0, 3]."""
+    range_m = (-51.2, -51.2, -4.0, 51.2, 51.2, 5.0)
+    axes = [torch.linspace(range_m[i], range_m[i + 3], n, dtype=torch.float64) for i, n in enumerate((33, 33, 10))]
+    p = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
+    sdf = p @ torch.from_numpy(lidar2ego[0, :3]) + float(lidar2ego[0, 3]) - x_ego_m
+    return FieldGrid(sdf[None, None].float(), range_m, 0, 0)
+
+
+def test_occupancy_of_a_lidar_frame_field_is_read_at_the_ego_voxels(lidar_dm):
+    """Occ3D points are in the ego frame: a LiDAR-frame field is read at ego2ref of them. The half-space
+    x_ego <= 10 m fills the voxel columns with centres -39.8 + 0.4 i <= 10, i.e. i = 0..124, exactly; read without
+    the mapping it would be the half-space of LiDAR y instead."""
+    from selfocc_ns.eval.runner import predict_occupancy
+    from selfocc_ns.viewer.scene import field_at_voxels
+
+    batch = next(lidar_dm.iter_eval_batches([0]))
+    frame = lidar_dm.eval_index.sample_frame(0)
+    grid = lidar_half_space_grid(frame.lidar2ego, 10.0)
+    ego2ref = batch.ego2ref_of(0)
+    torch.testing.assert_close(ego2ref.double(), torch.from_numpy(np.linalg.inv(frame.lidar2ego)), atol=1e-6, rtol=0)
+    pred, sdf = predict_occupancy(grid, "occ3d", 0.0, ego2ref)
+    occupied = pred != FREE_ID
+    assert occupied[:125].all() and not occupied[125:].any()
+    xs = torch.from_numpy(voxel_centres_m()[0]).float()
+    torch.testing.assert_close(sdf, (xs - 10.0)[:, None, None].expand(OCC3D_SHAPE), atol=1e-4, rtol=0)
+    unmapped, _ = predict_occupancy(grid, "occ3d", 0.0)
+    assert not torch.equal(unmapped, pred)
+    # the evaluator and the viewer read it the same way
+    out = Evaluator(BlockModel((slice(0, 0),) * 3), EvalOptions(("occupancy",), occupancy_protocol="occ3d"), CAMERAS)
+    out.model.grid = grid
+    assert torch.equal(out.add(batch)["occupancy"][0], pred)
+    voxels = field_at_voxels(grid, ego2ref)
+    torch.testing.assert_close(voxels.sdf_m, sdf, atol=1e-5, rtol=0)
+
+
+def test_official_lattice_renders_450x800_scaled_and_reads_it_officially(small_world, eval_dm, truth_batches):
+    """On a 160-wide crop the official 450x800 lattice is 45x80 rays at (2 j, i 77 / 45). The official read
+    stretches the lattice by one spacing to the crop's far edges (index u (w - 1) / W instead of u w / W), so the
+    exact truth is read up to one spacing off: on the LiDAR points away from depth edges it scores abs_rel ~0.013
+    (the pixel-centre lattice: < 1e-3); the eval records the lattice."""
+    model = TruthModel(small_world, eval_dm.eval_index)
+    evaluator = Evaluator(model, EvalOptions(("depth",), eval_lattice="official"), CAMERAS)
+    batch = with_lidar(truth_batches[0], truth_batches[0].info["clean_lidar"])
+    depth = evaluator.add(batch)["depth"]
+    assert depth.shape[-2:] == (45, 80)
+    lattice = model.lattices[-1]
+    torch.testing.assert_close(lattice[0, :3, 0], torch.tensor([0.0, 2.0, 4.0]))
+    torch.testing.assert_close(lattice[:3, 0, 1], torch.tensor([0.0, 77 / 45, 2 * 77 / 45]))
+    r = evaluator.results()
+    assert r["eval/lattice"] == "official" and "eval/lattice_fraction" not in r
+    assert 2e-3 < r["depth/raw/abs_rel"] < 0.02, r["depth/raw/abs_rel"]
+    flip = Evaluator(TruthModel(small_world, eval_dm.eval_index),
+                     EvalOptions(("depth",), eval_lattice="official", flip=True), CAMERAS)
+    torch.testing.assert_close(flip.add(batch)["depth"], depth, atol=1e-3, rtol=1e-4)  # mirrored points, not a flip
+    with pytest.raises(ValueError, match="drop one of the two"):
+        EvalOptions(("depth",), eval_lattice="official", lattice_fraction=0.5)
+
+
+def test_keyframe_rig_lidar_places_a_neighbours_sweep_on_the_keyframes_lidar():
+    from selfocc_ns.data.batch import NovelViews
+    from selfocc_ns.eval.runner import keyframe_rig_lidar
+
+    own = torch.eye(4)
+    own[:3, 3] = torch.tensor([5.0, 0.0, 2.0])  # the neighbour's LiDAR sits 5 m ahead of t's reference origin
+    key = torch.eye(4)
+    key[:3, 3] = torch.tensor([0.0, 0.0, 2.0])
+    points_ref = torch.tensor([[15.0, 1.0, 2.0]])  # 10 m ahead of the neighbour's LiDAR, at its height
+    views = NovelViews(torch.eye(3).expand(1, 6, 3, 3), torch.eye(4).expand(1, 6, 4, 4), [points_ref],
+                       torch.tensor([5.0]), (9, 16), lidar2ref=own[None], keyframe_lidar2ref=key)
+    torch.testing.assert_close(keyframe_rig_lidar(views, 0), torch.tensor([[10.0, 1.0, 2.0]]))
+    with pytest.raises(ValueError, match="LIDAR_TOP poses"):
+        keyframe_rig_lidar(NovelViews(views.intrinsics, views.cam2ego, [points_ref], views.distance_m), 0)
+
+
+def test_novel_depth_with_the_official_truth_and_lattice(small_world, lidar_dm):
+    """In the LiDAR frame: the neighbour's sweep projected through t's lidar2img (official truth) instead of its own
+    cameras. On the points each neighbour camera sees cleanly, the exact truth scores abs_rel ~3e-5 with its own
+    cameras and ~3e-4 through t's rig (the rig is rigid, but each camera fires at its own ego pose, a few ms
+    from the LiDAR's). The official 96x200 lattice (10x20 at 160 px) is read up to one 8-px spacing off, which
+    costs the exact truth far more than either."""
+    batch = next(lidar_dm.iter_eval_batches([1], novel_views=True))
+    model = TruthModel(small_world, lidar_dm.eval_index, reference_frame="lidar")
+    scene, pose, t_us = model.scene_at(batch.sample_tokens[0])
+    views = batch.novel[0]
+    views.lidar_points = [clean_lidar(scene, pose, t_us, p[::3], k, c2e, views.image_hw, 2.0)
+                          for p, k, c2e in zip(views.lidar_points, views.intrinsics, views.cam2ego)]
+    results = {}
+    for lattice in ("pixel_centre", "official"):
+        for gt in ("own_cameras", "keyframe_lidar2img"):
+            model = TruthModel(small_world, lidar_dm.eval_index, reference_frame="lidar")
+            evaluator = Evaluator(model, EvalOptions(("novel-depth",), eval_lattice=lattice, novel_depth_gt=gt),
+                                  CAMERAS)
+            evaluator.add(batch)
+            results[lattice, gt] = evaluator.results()
+            if lattice == "official":
+                assert {tuple(lat.shape[:2]) for lat in model.lattices} == {(10, 20)}
+    own, rig = results["pixel_centre", "own_cameras"], results["pixel_centre", "keyframe_lidar2img"]
+    assert own["novel_depth/abs_rel"] < 1e-4 < rig["novel_depth/abs_rel"] < 1e-3
+    assert rig["novel_depth/gt"] == "keyframe_lidar2img" and "novel_depth/gt" not in own
+    assert rig["novel_depth/num_images"] == own["novel_depth/num_images"] > 0
+    official = results["official", "keyframe_lidar2img"]
+    assert official["eval/lattice"] == "official" and official["novel_depth/abs_rel"] > 0.05

@@ -100,6 +100,24 @@ def test_sample_depth_at_points_gradient_weights():
     assert int((grad != 0).sum()) == 4
 
 
+def test_official_lattice_read_stretches_the_lattice_to_the_image_edges():
+    """The official read: lattice index (u / W (w_l - 1), v / H (h_l - 1)) with border padding. On the linear map
+    d(r, c) = 3 + 0.5 r + 0.25 c over a 4 x 5 lattice of a 8 x 10 image: u = W reads the last column (c = 4), u = W / 2
+    reads c = 2 (not the pixel-centre index 2 - 0.5), the origin reads (0, 0)."""
+    rows, cols = torch.meshgrid(torch.arange(4, dtype=torch.float64), torch.arange(5, dtype=torch.float64),
+                                indexing="ij")
+    depth = 3.0 + 0.5 * rows + 0.25 * cols
+    uv = torch.tensor([[10.0, 8.0], [5.0, 4.0], [0.0, 0.0], [3.3, 2.7]], dtype=torch.float64)
+    got = sample_depth_at_points(depth, uv, (8, 10), lattice="official")
+    x, y = 3.3 / 10 * 4, 2.7 / 8 * 3
+    expected = torch.tensor([3 + 1.5 + 1.0, 3 + 0.75 + 0.5, 3.0, 3 + 0.5 * y + 0.25 * x], dtype=torch.float64)
+    torch.testing.assert_close(got, expected)
+    pixel_centre = sample_depth_at_points(depth, uv[1:2], (8, 10))
+    assert float(pixel_centre) == pytest.approx(3 + 0.5 * 1.5 + 0.25 * 2.0)
+    with pytest.raises(ValueError, match="lattice must be"):
+        sample_depth_at_points(depth, uv, (8, 10), lattice="centre")
+
+
 def _front_camera():
     cam2ego = torch.eye(4, dtype=torch.float64)
     # OpenCV axes in the ego frame: x right = -y_ego, y down = -z_ego, z forward = x_ego
@@ -128,6 +146,9 @@ def test_project_lidar_known_points():
     assert torch.allclose(uv, torch.tensor([[50.0, 40.0], [70.0, 40.0], [50.0, 50.0], [0.0, 40.0]]), atol=1e-5)
     assert torch.allclose(depth, torch.tensor([10.0, 5.0, 10.0, 10.0]))
     assert uv.dtype == torch.float32
+    # the official bounds are strict: the point on u = 0 is dropped
+    strict_uv, _ = project_lidar(points, cam2ego, intrinsics, (80, 100), strict_bounds=True)
+    assert torch.allclose(strict_uv, uv[:3], atol=1e-5)
 
 
 def test_depth_accumulator_means_std_cameras_and_baseline():

@@ -28,11 +28,18 @@ class EvalOptions:
     """Depth lattice as a fraction of the ray crop (None: the model's, 0.5 = the official 450x800)."""
     depth_only_render: bool = True
     """Render depth from the SDF channel alone (same depth, skips reading colour and semantic channels)."""
+    eval_lattice: Literal["pixel_centre", "official"] = "pixel_centre"
+    """'official': 450x800 (novel depth 96x200) rays at (j W/w, i H/h) on the ray crop, official read, strict bounds."""
+    novel_depth_gt: Literal["own_cameras", "keyframe_lidar2img"] = "own_cameras"
+    """Novel-depth truth: a neighbour's LiDAR in its own cameras, or through the keyframe's lidar2img (official)."""
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t not in EVAL_TASKS]
         if unknown:
             raise ValueError(f"unknown eval task(s) {unknown}; expected some of {EVAL_TASKS}")
+        if self.eval_lattice == "official" and self.lattice_fraction is not None:
+            raise ValueError("lattice_fraction sets the pixel-centre lattice; the official lattice has the official "
+                             "size (450x800, novel depth 96x200, at 1600 px wide): drop one of the two")
 
     @property
     def needs_depth_baseline(self) -> bool:

@@ -12,6 +12,10 @@ Every report carries the trivial baselines scored on the same samples: the const
 depth (depth: `depth/baseline/...`; novel depth: `novel_depth_baseline/...`) and the flat ground
 (`occ/baseline/flat_ground/...`). Used by the pipeline (`ns-eval`, eval during training), by
 `selfocc-eval` and by `selfocc-export` (`predict_occupancy`).
+
+Frames: depth and novel depth live in the batch's reference frame (cameras and LiDAR alike); the Occ3D gts and
+query points are in the keyframe's ego frame, so occupancy queries the field at `ego2ref` of those points (the
+official `eval_iou.py` maps them by ego2lidar likewise).
 """
 
 from __future__ import annotations
@@ -26,9 +30,16 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from selfocc_ns.data.batch import SelfOccBatch
+from selfocc_ns.data.batch import NovelViews, SelfOccBatch
 from selfocc_ns.data.dataset import load_lidar_points, transform_points
 from selfocc_ns.data.frames import SelfOccIndex
+from selfocc_ns.data.label_maps import SemanticLabelSpace
+from selfocc_ns.eval.lattice import (
+    OFFICIAL_DEPTH_LATTICE_HW,
+    OFFICIAL_NOVEL_DEPTH_LATTICE_HW,
+    official_lattice_hw,
+    official_lattice_px,
+)
 from selfocc_ns.eval.options import EvalOptions
 from selfocc_ns.metrics import (
     DepthHistogramMedian,
@@ -40,6 +51,7 @@ from selfocc_ns.metrics import (
     project_lidar,
     query_points,
     sample_depth_at_points,
+    semantic_ids,
 )
 from selfocc_ns.metrics.distributed import all_reduce_sum
 from selfocc_ns.model.field_grid import FieldGrid, query_field
@@ -55,6 +67,8 @@ class EvaluableModel(Protocol):
 
     semantic_channels: int
     """Semantic logits per voxel (0: geometry only)."""
+    semantic_label_space: SemanticLabelSpace
+    """What those channels mean ("occ3d" or "openseed", `selfocc_ns.data.label_maps`)."""
     eval_lattice_fraction: float
     """Default depth lattice as a fraction of the ray crop."""
 
@@ -63,8 +77,9 @@ class EvaluableModel(Protocol):
         ...
 
     def render_depth(self, grid: FieldGrid, intrinsics: Tensor, cam2ego: Tensor, image_hw: Tuple[int, int],
-                     lattice_fraction: Optional[float] = None) -> Any:
-        """Depth on the eval lattice of every camera: an object whose `.depth` is [B, N, h, w, 1]."""
+                     lattice_fraction: Optional[float] = None, lattice_px: Optional[Tensor] = None) -> Any:
+        """Depth on the eval lattice of every camera (or at `lattice_px`, [h, w, 2] image pixels): an object
+        whose `.depth` is [B, N, h, w, 1]."""
         ...
 
 
@@ -74,7 +89,8 @@ class EvaluableModel(Protocol):
 
 
 def mirror_rig(
-    images: Float[Tensor, "*cams 3 H W"], intrinsics: Float[Tensor, "*cams 3 3"], cam2ego: Float[Tensor, "*cams 4 4"]
+    images: Float[Tensor, "*cams 3 H W"], intrinsics: Float[Tensor, "*cams 3 3"], cam2ego: Float[Tensor, "*cams 4 4"],
+    ego2ref: Optional[Float[Tensor, "*cams 4 4"]] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """The rig mirrored about the ego x-z plane: flipped images seen by mirrored cameras.
 
@@ -82,11 +98,15 @@ def mirror_rig(
     mirrored about the ego x-z plane (y -> -y): with M_ego = diag(1, -1, 1), M_cam = diag(-1, 1, 1),
     cam2ego' = M_ego cam2ego M_cam and c_x' = W - c_x, the ego point M_ego p projects to (W - u, v) when
     p projects to (u, v) (pixel-centre convention: column j <-> W - 1 - j). Both mirrors together keep
-    a right-handed camera with positive focal lengths.
+    a right-handed camera with positive focal lengths. Cameras in another reference frame (`ego2ref`,
+    broadcast over the cameras) are mirrored about the same plane: M = ego2ref M_ego ego2ref^-1.
     """
     width = images.shape[-1]
     flip_ego = torch.diag(torch.tensor([1.0, -1.0, 1.0, 1.0], dtype=cam2ego.dtype, device=cam2ego.device))
     flip_cam = torch.diag(torch.tensor([-1.0, 1.0, 1.0, 1.0], dtype=cam2ego.dtype, device=cam2ego.device))
+    if ego2ref is not None:
+        ego2ref = ego2ref.to(cam2ego.dtype)
+        flip_ego = ego2ref @ flip_ego @ torch.linalg.inv(ego2ref)
     k = intrinsics.clone()
     k[..., 0, 2] = width - intrinsics[..., 0, 2]
     return images.flip(-1), k, flip_ego @ cam2ego @ flip_cam
@@ -114,12 +134,13 @@ def mirror_batch(batch: SelfOccBatch, camera_names: Sequence[str]) -> SelfOccBat
     depth rendered from them lines up with the original cameras after flipping each map horizontally.
     """
     order = mirrored_camera_order(camera_names)
-    images, k, pose = mirror_rig(batch.images[:, order], batch.intrinsics[:, order], batch.cam2ego[:, order])
-    a_images, a_k, a_pose = mirror_rig(batch.anchor_images, batch.anchor_intrinsics, batch.anchor_cam2ego)
+    ego2ref = torch.stack([batch.ego2ref_of(b) for b in range(batch.batch_size)])[:, None]  # B 1 4 4
+    images, k, pose = mirror_rig(batch.images[:, order], batch.intrinsics[:, order], batch.cam2ego[:, order], ego2ref)
+    a_images, a_k, a_pose = mirror_rig(batch.anchor_images, batch.anchor_intrinsics, batch.anchor_cam2ego, ego2ref)
     return SelfOccBatch(
         images=images, intrinsics=k, cam2ego=pose, anchor_images=a_images, anchor_intrinsics=a_k,
-        anchor_cam2ego=a_pose, scene_names=list(batch.scene_names), sample_tokens=list(batch.sample_tokens),
-        info={"mirrored": True, "camera_order": order},
+        anchor_cam2ego=a_pose, ego2ref=batch.ego2ref, scene_names=list(batch.scene_names),
+        sample_tokens=list(batch.sample_tokens), info={"mirrored": True, "camera_order": order},
     )
 
 
@@ -137,29 +158,59 @@ def depth_only_grid(grid: FieldGrid) -> FieldGrid:
     return FieldGrid(grid.values[:, :1], grid.range_m, 0, 0, grid.rgb_activation, grid.sdf_gradient())
 
 
+def ego_to_ref_points(points_ego: Float[Tensor, "*points 3"], ego2ref: Optional[Tensor]) -> Float[Tensor, "*points 3"]:
+    """Ego-frame points in the sample's reference frame (`SelfOccBatch.ego2ref`; None: unchanged)."""
+    if ego2ref is None:
+        return points_ego
+    ego2ref = ego2ref.to(points_ego)
+    return points_ego @ ego2ref[:3, :3].T + ego2ref[:3, 3]
+
+
 def predict_occupancy(
-    grid: FieldGrid, protocol: Literal["selfocc", "occ3d"] = "selfocc", threshold: float = 0.0
+    grid: FieldGrid, protocol: Literal["selfocc", "occ3d"] = "selfocc", threshold: float = 0.0,
+    ego2ref: Optional[Float[Tensor, "4 4"]] = None, label_space: SemanticLabelSpace = "occ3d",
 ) -> Tuple[Int[Tensor, "200 200 16"], Float[Tensor, "200 200 16"]]:
-    """Occ3D class grid (uint8, 17 = free; CPU) and the SDF at the protocol's query points, of a B = 1 grid."""
+    """Occ3D class grid (uint8, 17 = free; CPU) and the SDF at the protocol's query points, of a B = 1 grid.
+
+    The query points are in the keyframe's ego frame (the gts'); `ego2ref` maps them into the grid's reference
+    frame first (a LiDAR-frame model). `label_space` says how to read the semantic logits (`semantic_ids`).
+    """
     if grid.batch_size != 1:
         raise ValueError(f"predict_occupancy takes one sample (B = 1), got B = {grid.batch_size}")
-    points = query_points(protocol).to(grid.values.device)
+    points_ego = query_points(protocol).to(grid.values.device)
+    points = ego_to_ref_points(points_ego, ego2ref)
     samples = query_field(grid, points.reshape(1, -1, 3))
     sdf = samples.sdf.reshape(points.shape[:3]).cpu()
-    logits = None
+    classes = None
     if samples.semantic_logits is not None:
-        logits = samples.semantic_logits.reshape(*points.shape[:3], -1).cpu()
-    return occupancy_prediction(protocol, sdf, logits, threshold), sdf
+        classes = semantic_ids(samples.semantic_logits.reshape(*points.shape[:3], -1).cpu(), label_space)
+    return occupancy_prediction(protocol, sdf, classes, threshold), sdf
 
 
 def lidar_depth_pairs(
     depth_map: Float[Tensor, "h w"], points_ego: Float[Tensor, "P 3"], cam2ego: Tensor, intrinsics: Tensor,
-    image_hw: Tuple[int, int], min_depth_m: float,
+    image_hw: Tuple[int, int], min_depth_m: float, lattice: Literal["pixel_centre", "official"] = "pixel_centre",
 ) -> Tuple[Tensor, Tensor]:
-    """(predicted, LiDAR) depths of one camera image: LiDAR projected, lattice read bilinearly."""
-    uv, gt = project_lidar(points_ego, cam2ego, intrinsics, image_hw, min_depth_m=min_depth_m)
-    pred = sample_depth_at_points(depth_map, uv.to(depth_map.dtype), image_hw)
+    """(predicted, LiDAR) depths of one camera image: LiDAR projected, lattice read bilinearly.
+
+    `lattice` "official": strict image bounds and the official lattice read (`sample_depth_at_points`).
+    """
+    uv, gt = project_lidar(points_ego, cam2ego, intrinsics, image_hw, min_depth_m=min_depth_m,
+                           strict_bounds=lattice == "official")
+    pred = sample_depth_at_points(depth_map, uv.to(depth_map.dtype), image_hw, lattice)
     return pred, gt.to(pred.dtype)
+
+
+def keyframe_rig_lidar(views: NovelViews, view: int) -> Float[Tensor, "P 3"]:
+    """A neighbour frame's LiDAR as the official novel-depth truth sees it: its points in its own sensor frame,
+    placed as if that sensor were t's (`keyframe_lidar2ref @ inv(lidar2ref[view])`), so that projecting them with
+    t's cameras is the official projection with the keyframe's lidar2img (the rig assumed rigid)."""
+    if views.lidar2ref is None or views.keyframe_lidar2ref is None or bool(torch.isnan(views.keyframe_lidar2ref).any()):
+        raise ValueError("novel_depth_gt 'keyframe_lidar2img' needs the LIDAR_TOP poses of the keyframe and its "
+                         "neighbours in the batch (NovelViews.lidar2ref, keyframe_lidar2ref)")
+    own2t = views.keyframe_lidar2ref.double() @ torch.linalg.inv(views.lidar2ref[view].double())
+    points = views.lidar_points[view].double()
+    return (points @ own2t[:3, :3].T + own2t[:3, 3]).to(views.lidar_points[view].dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,43 +291,69 @@ class Evaluator:
             raise ValueError(f"occupancy evaluation needs Occ3D gts, sample {sample} has none "
                              "(pass --gts-dir to the dataparser)")
 
-    def _render_depth(self, grid: FieldGrid, intrinsics: Tensor, cam2ego: Tensor, image_hw) -> Tensor:
-        """[B, N, h, w] depth on the eval lattice."""
+    def official_lattice(self, task: str, image_hw: Tuple[int, int]) -> Optional[Tensor]:
+        """The official lattice points [h, w, 2] of a task ('depth' or 'novel-depth'), None for pixel centres."""
+        if self.options.eval_lattice != "official":
+            return None
+        base = OFFICIAL_DEPTH_LATTICE_HW if task == "depth" else OFFICIAL_NOVEL_DEPTH_LATTICE_HW
+        return official_lattice_px(image_hw, official_lattice_hw(base, image_hw[1]))
+
+    def _render_depth(self, grid: FieldGrid, intrinsics: Tensor, cam2ego: Tensor, image_hw,
+                      lattice_px: Optional[Tensor] = None) -> Tensor:
+        """[B, N, h, w] depth on the eval lattice (the pixel-centre one, or the given points)."""
         if self.options.depth_only_render and isinstance(grid, FieldGrid):
             grid = depth_only_grid(grid)
-        render = self.model.render_depth(grid, intrinsics, cam2ego, tuple(image_hw), self.options.lattice_fraction)
+        if lattice_px is None:
+            render = self.model.render_depth(grid, intrinsics, cam2ego, tuple(image_hw), self.options.lattice_fraction)
+        else:
+            render = self.model.render_depth(grid, intrinsics, cam2ego, tuple(image_hw), lattice_px=lattice_px)
         return render.depth[..., 0]
 
     def _depth(self, batch: SelfOccBatch, grid: FieldGrid) -> Tensor:
         image_hw = tuple(batch.anchor_images.shape[-2:])
-        depth = self._render_depth(grid, batch.anchor_intrinsics, batch.anchor_cam2ego, image_hw)  # B N h w
+        lattice_px = self.official_lattice("depth", image_hw)
+        depth = self._render_depth(grid, batch.anchor_intrinsics, batch.anchor_cam2ego, image_hw, lattice_px)  # B N h w
         if self.options.flip:
             mirrored = mirror_batch(batch, self.camera_names)
             mirrored_grid = self.model.encode(mirrored)
-            mirrored_depth = self._render_depth(mirrored_grid, mirrored.anchor_intrinsics, mirrored.anchor_cam2ego,
-                                                image_hw)
-            depth = 0.5 * (depth + mirrored_depth.flip(-1))
+            if lattice_px is None:  # pixel centres: column j mirrors onto column w - 1 - j
+                mirrored_depth = self._render_depth(mirrored_grid, mirrored.anchor_intrinsics, mirrored.anchor_cam2ego,
+                                                    image_hw).flip(-1)
+            else:  # the official lattice is not symmetric: render the mirrored rig at the mirrored points
+                mirrored_px = lattice_px.clone()
+                mirrored_px[..., 0] = image_hw[1] - lattice_px[..., 0]
+                mirrored_depth = self._render_depth(mirrored_grid, mirrored.anchor_intrinsics, mirrored.anchor_cam2ego,
+                                                    image_hw, mirrored_px)
+            depth = 0.5 * (depth + mirrored_depth)
         assert batch.lidar_points is not None
         for b in range(batch.batch_size):
             for c, name in enumerate(self.camera_names):
                 pred, gt = lidar_depth_pairs(depth[b, c], batch.lidar_points[b], batch.anchor_cam2ego[b, c],
-                                             batch.anchor_intrinsics[b, c], image_hw, min_depth_m=1.0)
+                                             batch.anchor_intrinsics[b, c], image_hw, min_depth_m=1.0,
+                                             lattice=self.options.eval_lattice)
                 self.depth.add(pred, gt, name)
         return depth
 
     def _novel_depth(self, batch: SelfOccBatch, grid: FieldGrid) -> None:
+        """Each neighbour view rendered from t's field; its truth: the neighbour's LiDAR in the neighbour's own
+        cameras, or (`novel_depth_gt="keyframe_lidar2img"`, official) placed on t's LiDAR and seen by t's cameras."""
         baseline_m = self.baseline_depth_m
+        keyframe_rig = self.options.novel_depth_gt == "keyframe_lidar2img"
         for b, views in enumerate(batch.novel or []):
             item = grid.select(b)
             if self.options.depth_only_render and isinstance(item, FieldGrid):
                 item = depth_only_grid(item)  # once per keyframe: the gradient grid is shared by its views
+            lattice_px = self.official_lattice("novel-depth", views.image_hw)
             for v in range(views.cam2ego.shape[0]):
                 k, pose = views.intrinsics[v][None], views.cam2ego[v][None]
-                depth = self._render_depth(item, k, pose, views.image_hw)[0]
+                depth = self._render_depth(item, k, pose, views.image_hw, lattice_px)[0]
                 distance_m = float(views.distance_m[v])
+                points = keyframe_rig_lidar(views, v) if keyframe_rig else views.lidar_points[v]
+                gt_k = batch.anchor_intrinsics[b] if keyframe_rig else k[0]
+                gt_pose = batch.anchor_cam2ego[b] if keyframe_rig else pose[0]
                 for c, name in enumerate(self.camera_names):
-                    pred, gt = lidar_depth_pairs(depth[c], views.lidar_points[v], pose[0, c], k[0, c], views.image_hw,
-                                                 min_depth_m=NOVEL_MIN_DEPTH_M)
+                    pred, gt = lidar_depth_pairs(depth[c], points, gt_pose[c], gt_k[c], views.image_hw,
+                                                 min_depth_m=NOVEL_MIN_DEPTH_M, lattice=self.options.eval_lattice)
                     self.novel.add(pred, gt, distance_m, name)
                     if baseline_m is not None:
                         self.novel_baseline.add(constant_median_depth_baseline(gt, baseline_m), gt, distance_m, name)
@@ -286,16 +363,19 @@ class Evaluator:
         preds = []
         for b in range(batch.batch_size):
             pred, _ = predict_occupancy(grid.select(b), self.options.occupancy_protocol,
-                                        self.options.occupancy_threshold)
+                                        self.options.occupancy_threshold, batch.ego2ref_of(b),
+                                        self.model.semantic_label_space)
             self.occ.add(pred, batch.occ_semantics[b].cpu(), batch.occ_mask_camera[b].cpu())
             preds.append(pred)
         return preds
 
     def results(self) -> Dict[str, Any]:
-        """Flat dict of every task's metrics and baselines; `occ/protocol` is the only string value.
+        """Flat dict of every task's metrics and baselines; `occ/protocol` (and, when not the default,
+        `eval/lattice` and `novel_depth/gt`) are the string values.
 
-        Also records the options that change the numbers: `depth/flip` (0/1), `eval/lattice_fraction`,
-        `occ/threshold_m`. All ranks must call it (metrics are all-reduced).
+        Also records the options that change the numbers: `depth/flip` (0/1), `eval/lattice_fraction` (pixel-
+        centre lattice) or `eval/lattice: official`, `novel_depth/gt` (official truth), `occ/threshold_m`.
+        All ranks must call it (metrics are all-reduced).
         """
         opts = self.options
         out: Dict[str, Any] = {}
@@ -307,8 +387,13 @@ class Evaluator:
             if self.baseline_depth_m is not None:
                 out.update(self.novel_baseline.compute())
                 out[f"{NOVEL_BASELINE_PREFIX}/depth_m"] = float(self.baseline_depth_m)
+        if "novel-depth" in opts.tasks and opts.novel_depth_gt != "own_cameras":
+            out["novel_depth/gt"] = opts.novel_depth_gt
         if "depth" in opts.tasks or "novel-depth" in opts.tasks:
-            out["eval/lattice_fraction"] = float(self.lattice_fraction())
+            if opts.eval_lattice == "official":
+                out["eval/lattice"] = opts.eval_lattice
+            else:
+                out["eval/lattice_fraction"] = float(self.lattice_fraction())
         if "occupancy" in opts.tasks:
             out.update(self.occ.summary())
             out["occ/threshold_m"] = float(opts.occupancy_threshold)

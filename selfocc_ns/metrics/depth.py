@@ -14,12 +14,17 @@ column j) is at continuous image coordinates (u, v) = (j + 0.5, i + 0.5) under t
 OpenCV intrinsics; the image covers [0, W) x [0, H). A depth lattice of h_l x w_l rays over an
 H x W image has its sample (r, c) at (u, v) = ((c + 0.5) * W / w_l, (r + 0.5) * H / h_l): the
 renderer must cast the eval lattice rays through exactly those points.
+
+The official lattice (`lattice="official"`, docs/evaluation.md) instead has its sample (r, c) at
+(c W / w_l, r H / h_l), and the official code reads it at lattice index (u / W (w_l - 1), v / H (h_l - 1))
+(`grid_sample(align_corners=True)` at 2 u / W - 1), i.e. it treats the last lattice column as the image's
+right edge; it keeps LiDAR points strictly inside the image (0 < u < W, 0 < v < H).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 from jaxtyping import Float
@@ -108,33 +113,51 @@ def depth_errors(pred_m: Float[Tensor, "P"], gt_m: Float[Tensor, "P"], **options
 
 
 def sample_depth_at_points(
-    depth_map: Float[Tensor, "h_l w_l"], uv_px: Float[Tensor, "P 2"], image_hw: Tuple[int, int]
+    depth_map: Float[Tensor, "h_l w_l"], uv_px: Float[Tensor, "P 2"], image_hw: Tuple[int, int],
+    lattice: Literal["pixel_centre", "official"] = "pixel_centre",
 ) -> Float[Tensor, "P"]:
     """Bilinear read of a rendered depth lattice at image points (differentiable in `depth_map`).
 
     Args:
-        depth_map: depth rendered on an h_l x w_l lattice over the image (sample (r, c) at image
-            point ((c + 0.5) * W / w_l, (r + 0.5) * H / h_l), see the module docstring).
+        depth_map: depth rendered on an h_l x w_l lattice over the image: sample (r, c) at image
+            point ((c + 0.5) * W / w_l, (r + 0.5) * H / h_l) ("pixel_centre"), or read as the official
+            code reads its lattice ("official", module docstring).
         uv_px: (u, v) image coordinates of the points in pixels of the H x W image, pixel-centre
             convention (pixel (i, j) centre at (j + 0.5, i + 0.5)).
         image_hw: (H, W) of the image the coordinates refer to.
+        lattice: which lattice-index convention to read with.
 
     Points beyond the outermost lattice samples take the border value (as the official
     `grid_sample(..., padding_mode="border")`).
     """
     h_l, w_l = depth_map.shape
     height, width = image_hw
-    # continuous lattice index: sample k sits at image coordinate (k + 0.5) * size / lattice_size
-    x = (uv_px[:, 0].to(depth_map.dtype) * (w_l / width) - 0.5).clamp(0, w_l - 1)
-    y = (uv_px[:, 1].to(depth_map.dtype) * (h_l / height) - 0.5).clamp(0, h_l - 1)
+    u, v = uv_px[:, 0].to(depth_map.dtype), uv_px[:, 1].to(depth_map.dtype)
+    if lattice == "official":
+        x, y = u * ((w_l - 1) / width), v * ((h_l - 1) / height)
+    elif lattice == "pixel_centre":
+        # continuous lattice index: sample k sits at image coordinate (k + 0.5) * size / lattice_size
+        x, y = u * (w_l / width) - 0.5, v * (h_l / height) - 0.5
+    else:
+        raise ValueError(f"lattice must be 'pixel_centre' or 'official', not {lattice!r}")
+    return bilinear_at_index(depth_map, x, y)
+
+
+def bilinear_at_index(
+    image: Float[Tensor, "h w"], x: Float[Tensor, "P"], y: Float[Tensor, "P"]
+) -> Float[Tensor, "P"]:
+    """Bilinear value of a 2D map at continuous (column, row) indices, clamped to the border."""
+    h_l, w_l = image.shape
+    x = x.clamp(0, w_l - 1)
+    y = y.clamp(0, h_l - 1)
     x0 = x.floor().long().clamp(0, w_l - 1)
     y0 = y.floor().long().clamp(0, h_l - 1)
     x1 = (x0 + 1).clamp(max=w_l - 1)
     y1 = (y0 + 1).clamp(max=h_l - 1)
     fx = x - x0.to(x.dtype)
     fy = y - y0.to(y.dtype)
-    top = depth_map[y0, x0] * (1 - fx) + depth_map[y0, x1] * fx
-    bottom = depth_map[y1, x0] * (1 - fx) + depth_map[y1, x1] * fx
+    top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
+    bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
     return top * (1 - fy) + bottom * fy
 
 
@@ -145,6 +168,7 @@ def project_lidar(
     image_hw: Tuple[int, int],
     min_depth_m: float = LIDAR_MIN_DEPTH_M,
     max_depth_m: float = PRED_MAX_DEPTH_M,
+    strict_bounds: bool = False,
 ) -> Tuple[Float[Tensor, "Q 2"], Float[Tensor, "Q"]]:
     """Project ego-frame points into an OpenCV camera; keep those in range and inside the image.
 
@@ -154,6 +178,7 @@ def project_lidar(
         intrinsics: pinhole matrix of the H x W image.
         image_hw: (H, W).
         min_depth_m, max_depth_m: keep min < depth < max (strict, as the official code).
+        strict_bounds: keep 0 < u < W and 0 < v < H (official) instead of 0 <= u, v.
 
     Returns:
         uv_px: (u, v) of the kept points (pixel-centre convention of the module docstring; kept
@@ -170,7 +195,10 @@ def project_lidar(
     uvw = points_cam @ k_64.T
     uv = uvw[:, :2] / uvw[:, 2:3]
     height, width = image_hw
-    inside = (uv[:, 0] >= 0) & (uv[:, 0] < width) & (uv[:, 1] >= 0) & (uv[:, 1] < height)
+    if strict_bounds:
+        inside = (uv[:, 0] > 0) & (uv[:, 0] < width) & (uv[:, 1] > 0) & (uv[:, 1] < height)
+    else:
+        inside = (uv[:, 0] >= 0) & (uv[:, 0] < width) & (uv[:, 1] >= 0) & (uv[:, 1] < height)
     dtype = points_ego.dtype if isinstance(points_ego, Tensor) and points_ego.is_floating_point() else torch.float32
     return uv[inside].to(dtype), depth[inside].to(dtype)
 

@@ -32,6 +32,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from selfocc_ns.data.label_maps import SemanticLabelSpace, label_space_channels, occupancy_class_lut
 from selfocc_ns.data.occ3d import FREE_ID, OCC3D_CLASSES, OCC3D_RANGE_M, OCC3D_SHAPE, voxel_centres_m
 from selfocc_ns.metrics.distributed import all_reduce_sum
 
@@ -81,17 +82,27 @@ def apply_official_crops(occupied: Tensor) -> Tensor:
     return out
 
 
-def semantic_ids(semantics: Union[Float[Tensor, "X Y Z C"], Int[Tensor, "X Y Z"]]) -> Int[Tensor, "X Y Z"]:
-    """Class ids from either logits / probabilities (argmax over channels 1..16) or ids (returned as is).
+def semantic_ids(
+    semantics: Union[Float[Tensor, "X Y Z C"], Int[Tensor, "X Y Z"]], label_space: SemanticLabelSpace = "occ3d"
+) -> Int[Tensor, "X Y Z"]:
+    """Class ids from either logits / probabilities or ids (returned as is).
 
-    Logits follow the semantic head's channel order (Occ3D ids 0..16, then sky 17); the argmax
-    skips 0 (others) and 17 (sky), as the official protocol does for occupancy semantics.
+    "occ3d" logits follow the 18-channel head (Occ3D ids 0..16, then sky 17): the argmax skips 0 (others)
+    and 17 (sky), as the official protocol does for occupancy semantics. "openseed" logits are the 21
+    OpenSeeD channels: the argmax over all of them, mapped by the official table (`occupancy_class_lut`;
+    sky -> 0, occupied without a class, which the selfocc mIoU scores as no class).
     """
-    if semantics.is_floating_point():
-        if semantics.shape[-1] < 17:
-            raise ValueError(f"semantic logits need >= 17 channels (Occ3D ids 0..16), got {semantics.shape[-1]}")
-        return semantics[..., 1:17].argmax(dim=-1) + 1
-    return semantics.long()
+    if not semantics.is_floating_point():
+        return semantics.long()
+    channels = label_space_channels(label_space)
+    if label_space == "openseed":
+        if semantics.shape[-1] != channels:
+            raise ValueError(f"'openseed' semantic logits need {channels} channels, got {semantics.shape[-1]}")
+        lut = torch.as_tensor(occupancy_class_lut(label_space), device=semantics.device)
+        return lut[semantics.argmax(dim=-1)]
+    if semantics.shape[-1] < 17:
+        raise ValueError(f"semantic logits need >= 17 channels (Occ3D ids 0..16), got {semantics.shape[-1]}")
+    return semantics[..., 1:17].argmax(dim=-1) + 1
 
 
 def _occupancy_to_classes(occupied: Tensor, semantics: Optional[Tensor]) -> Int[Tensor, "X Y Z"]:
@@ -111,8 +122,9 @@ def official_occupancy_prediction(
 
     Args:
         sdf: SDF sampled at `official_query_points()` (metres; negative inside).
-        semantics: logits at the same points (18-channel head order) or class ids; None gives
-            class 0 (occupied, class unknown) to every occupied voxel.
+        semantics: logits at the same points (18-channel "occ3d" head order) or class ids (e.g.
+            `semantic_ids(logits, "openseed")`); None gives class 0 (occupied, class unknown) to every
+            occupied voxel.
         threshold: occupancy threshold on the SDF (official `--thresh 0`).
 
     Returns:

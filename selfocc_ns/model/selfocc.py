@@ -20,7 +20,8 @@ from nerfstudio.models.base_model import Model, ModelConfig
 from torch import Tensor
 
 from selfocc_ns.data.batch import SelfOccBatch
-from selfocc_ns.data.occ3d import IGNORE_ID, SKY_ID
+from selfocc_ns.data.label_maps import SemanticLabelSpace, label_space_channels, sky_label_id
+from selfocc_ns.data.occ3d import IGNORE_ID
 from selfocc_ns.model import losses
 from selfocc_ns.model.backbone import ImageEncoderConfig
 from selfocc_ns.model.field import SelfOccFieldConfig
@@ -43,7 +44,7 @@ class SelfOccModelConfig(ModelConfig):
     enable_collider: bool = False
     """The batch is not a RayBundle: no collider."""
     range_m: Tuple[float, float, float, float, float, float] = (-40.0, -40.0, -1.0, 40.0, 40.0, 5.4)
-    """Scene box in the ego frame of the input keyframe (x_min, y_min, z_min, x_max, y_max, z_max), metres."""
+    """Scene box (x_min, y_min, z_min, x_max, y_max, z_max), metres, in the sample's reference frame (ego / LiDAR)."""
     grid_xyz: Tuple[int, int, int] = (257, 257, 25)
     """TPV / decoded grid points along x, y, z (ends included)."""
     image_encoder: ImageEncoderConfig = dataclasses.field(default_factory=ImageEncoderConfig)
@@ -70,6 +71,8 @@ class SelfOccModelConfig(ModelConfig):
     """Edge-aware smoothness of mean-normalised disparity (official 0.01 for the depth preset)."""
     semantic_loss_weight: float = 0.1
     """Cross-entropy of volume-rendered class probabilities vs 2D labels (official 0.1; needs labels)."""
+    semantic_label_space: SemanticLabelSpace = "occ3d"
+    """2D labels and head channels: 'occ3d' (18: Occ3D ids + sky) or 'openseed' (the official 21 OpenSeeD ids)."""
     sparsity_loss_weight: float = 0.0
     """Soft sparsity of the SDF grid (official 0.001 for the BEV variant)."""
     sky_free_loss_weight: float = 0.0
@@ -99,6 +102,10 @@ class SelfOccModel(Model):
     def populate_modules(self):
         super().populate_modules()
         cfg = self.config
+        channels = label_space_channels(cfg.semantic_label_space)  # checked before anything is built
+        if cfg.field.num_semantic_classes not in (0, channels):
+            raise ValueError(f"semantic_label_space '{cfg.semantic_label_space}' has {channels} classes, but "
+                             f"field.num_semantic_classes is {cfg.field.num_semantic_classes} (0 or {channels})")
         feature_dim = cfg.image_encoder.fpn_channels
         self.image_encoder = cfg.image_encoder.setup()
         self.encoder = cfg.encoder.setup(scene=cfg.scene, dim=feature_dim)
@@ -114,6 +121,11 @@ class SelfOccModel(Model):
     def semantic_channels(self) -> int:
         """Semantic logits per voxel (0 without the semantic head)."""
         return self.config.field.num_semantic_classes
+
+    @property
+    def semantic_label_space(self) -> SemanticLabelSpace:
+        """What the semantic channels mean (`selfocc_ns.data.label_maps`)."""
+        return self.config.semantic_label_space
 
     @property
     def eval_lattice_fraction(self) -> float:
@@ -216,9 +228,10 @@ class SelfOccModel(Model):
             labels = lattice_labels(batch.semantics, outputs["lattice_px"])
         if cfg.sky_free_loss_weight > 0:
             assert labels is not None
+            sky = sky_label_id(cfg.semantic_label_space)
             loss_dict["sky_free_loss"] = cfg.sky_free_loss_weight * losses.sky_free_space_loss(
-                render.accumulation, labels, SKY_ID)
-            labels = torch.where(labels == SKY_ID, torch.full_like(labels, IGNORE_ID), labels)
+                render.accumulation, labels, sky)
+            labels = torch.where(labels == sky, torch.full_like(labels, IGNORE_ID), labels)
         if cfg.semantic_loss_weight > 0:
             assert labels is not None
             loss_dict["semantic_loss"] = cfg.semantic_loss_weight * losses.semantic_ce_loss(render.semantics, labels)
@@ -235,12 +248,15 @@ class SelfOccModel(Model):
         cam2ego: Float[Tensor, "B N 4 4"],
         image_hw: Tuple[int, int],
         lattice_fraction: Optional[float] = None,
+        lattice_px: Optional[Float[Tensor, "h w 2"]] = None,
     ) -> RenderOutputs:
-        """Render the eval lattice (half resolution by default, as the official 450x800) of every camera."""
-        fraction = self.config.renderer.eval_lattice_fraction if lattice_fraction is None else lattice_fraction
-        lattice = fixed_lattice_px(image_hw, eval_lattice_hw(image_hw, fraction), intrinsics.device)
+        """Render the eval lattice (half resolution by default, as the official 450x800) of every camera;
+        `lattice_px` (image pixels) replaces the fraction's pixel-centre lattice (e.g. the official lattice)."""
+        if lattice_px is None:
+            fraction = self.config.renderer.eval_lattice_fraction if lattice_fraction is None else lattice_fraction
+            lattice_px = fixed_lattice_px(image_hw, eval_lattice_hw(image_hw, fraction), intrinsics.device)
         b, n = intrinsics.shape[:2]
-        lattice = lattice.expand(b, n, *lattice.shape)
+        lattice = lattice_px.to(intrinsics.device).expand(b, n, *lattice_px.shape)
         return self.renderer.render_cameras_chunked(grid, lattice, intrinsics, cam2ego)
 
     def get_image_metrics_and_images(self, outputs, batch) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
