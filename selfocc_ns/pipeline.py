@@ -5,6 +5,10 @@
   included; with `output_path` it writes colour-mapped depth PNGs there.
 - DDP: nerfstudio wraps the model with `device_ids=[local_rank]`, which only works on CUDA; here CPU
   modules are wrapped without device ids (gloo), so the distributed path also runs on the CPU.
+- SyncBN (`sync_batchnorm`, official): with more than one process on CUDA the model's BatchNorms become
+  `SyncBatchNorm` before the DDP wrap, so the backbone's statistics are taken over every GPU's six cameras (the
+  frozen stem BN stays frozen, `ImageEncoder.frozen_modules`). torch implements SyncBatchNorm for CUDA only:
+  on the CPU (gloo) the model keeps its BatchNorms and the pipeline says so once.
 """
 
 from __future__ import annotations
@@ -44,6 +48,19 @@ class SelfOccPipelineConfig(VanillaPipelineConfig):
     eval_max_samples: Optional[int] = None
     """Evals during training: at most this many eval keyframes (evenly spaced); None = all. (`ns-eval` and
     `selfocc-eval` evaluate the whole split.)"""
+    sync_batchnorm: bool = False
+    """With several CUDA processes, BatchNorm -> SyncBatchNorm before DDP (official); unsupported on CPU / gloo."""
+
+
+def sync_batchnorm(model: torch.nn.Module, on_cuda: bool) -> torch.nn.Module:
+    """`model` with its BatchNorms as SyncBatchNorm (CUDA); unchanged, with one notice, elsewhere."""
+    if not on_cuda:
+        CONSOLE.print("[yellow]selfocc: sync_batchnorm is on, but torch's SyncBatchNorm needs CUDA; training on the "
+                      "CPU (gloo) keeps per-process BatchNorm statistics[/yellow]")
+        return model
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    converted.train(model.training)  # re-applies the frozen stem's eval mode to the converted BN
+    return converted
 
 
 class SelfOccPipeline(VanillaPipeline):
@@ -74,6 +91,7 @@ class SelfOccPipeline(VanillaPipeline):
         )
         self.model.to(device)
         self.datamanager.set_use_semantics(self.model.uses_semantics)
+        self.datamanager.set_semantic_label_space(self.model.semantic_label_space)
         lattice_h, lattice_w = config.model.renderer.train_lattice_hw
         self.datamanager.train_rays_per_batch = (
             config.datamanager.batch_size * len(self.datamanager.train_index.cameras) * lattice_h * lattice_w
@@ -84,6 +102,8 @@ class SelfOccPipeline(VanillaPipeline):
         self.world_size = world_size
         if world_size > 1:
             on_cuda = torch.device(device).type == "cuda"
+            if config.sync_batchnorm:
+                self._model = typing.cast(Model, sync_batchnorm(self._model, on_cuda))
             self._model = typing.cast(
                 Model,
                 DDP(self._model, device_ids=[local_rank] if on_cuda else None, find_unused_parameters=True),

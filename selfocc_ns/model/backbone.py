@@ -69,15 +69,21 @@ class ImageEncoder(nn.Module):
                 # mmdet's FPN initialises its convs xavier-uniform with zero bias.
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
-        self._frozen = [getattr(self.backbone, name) for name in _frozen_module_names(config.frozen_stages)]
-        for module in self._frozen:
+        # Names, not modules: `SyncBatchNorm.convert_sync_batchnorm` replaces the BN modules (keeping their
+        # parameters and so requires_grad), and the frozen ones must stay in eval mode after that too.
+        self._frozen_names = _frozen_module_names(config.frozen_stages)
+        for module in self.frozen_modules():
             module.requires_grad_(False)
         self.train()
+
+    def frozen_modules(self) -> List[nn.Module]:
+        """The backbone modules frozen by `frozen_stages` (looked up now, so a converted BN is found)."""
+        return [getattr(self.backbone, name) for name in getattr(self, "_frozen_names", [])]
 
     def train(self, mode: bool = True) -> "ImageEncoder":
         super().train(mode)
         # Frozen parts keep their BN statistics fixed, as mmdet's ResNet does.
-        for module in self._frozen if hasattr(self, "_frozen") else []:
+        for module in self.frozen_modules():
             module.eval()
         return self
 

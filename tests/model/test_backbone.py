@@ -82,3 +82,29 @@ def test_missing_or_foreign_weights_file_is_a_clear_error(tmp_path) -> None:
     torch.save(foreign, tmp_path / "mmdet_style.pth")
     with pytest.raises(ValueError, match="lacks"):
         ImageEncoder(ImageEncoderConfig(backbone="resnet18", weights_path=tmp_path / "mmdet_style.pth"))
+
+
+def test_syncbn_conversion_keeps_the_stem_frozen() -> None:
+    """`SyncBatchNorm.convert_sync_batchnorm` replaces every BN module (the official SyncBN under DDP); the frozen
+    stem BN is looked up by name, so it stays in eval mode and without gradients after the conversion."""
+    encoder = ImageEncoder(ImageEncoderConfig(backbone="resnet18", pretrained=False, fpn_channels=8))
+    stem_weight = encoder.backbone.bn1.weight
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(encoder)
+    assert isinstance(converted.backbone.bn1, torch.nn.SyncBatchNorm)
+    assert isinstance(converted.backbone.layer1[0].bn1, torch.nn.SyncBatchNorm)
+    converted.train()
+    assert not converted.backbone.bn1.training and converted.backbone.layer1[0].bn1.training
+    assert converted.backbone.bn1.weight is stem_weight and not stem_weight.requires_grad
+    assert converted.frozen_modules()[1] is converted.backbone.bn1
+
+
+def test_pipeline_syncbn_is_refused_politely_on_the_cpu(capsys) -> None:
+    from selfocc_ns.pipeline import sync_batchnorm
+
+    encoder = ImageEncoder(ImageEncoderConfig(backbone="resnet18", pretrained=False, fpn_channels=8))
+    assert sync_batchnorm(encoder, on_cuda=False) is encoder
+    assert isinstance(encoder.backbone.bn1, torch.nn.BatchNorm2d)
+    assert not isinstance(encoder.backbone.bn1, torch.nn.SyncBatchNorm)
+    assert "needs CUDA" in capsys.readouterr().out
+    converted = sync_batchnorm(encoder, on_cuda=True)  # conversion itself needs no GPU
+    assert isinstance(converted.backbone.layer2[0].bn2, torch.nn.SyncBatchNorm) and not converted.backbone.bn1.training
