@@ -166,6 +166,7 @@ def write_mesh_ply(
     spacing_m: Union[float, Sequence[float]],
     origin_m: Sequence[float],
     level: float = 0.0,
+    pose: Optional[np.ndarray] = None,
 ) -> Tuple[int, int]:
     """Marching-cubes mesh of the `level` set of an SDF grid as a binary PLY; returns (vertices, faces).
 
@@ -176,10 +177,11 @@ def write_mesh_ply(
             (-39.8, -39.8, -0.8), spacing 0.4; for the official linspace points: origin
             (-40, -40, -1), spacing (80 / 199, 80 / 199, 6.4 / 15).
         level: iso-level (the occupancy threshold).
+        pose: rigid 4x4 applied to the vertices (e.g. a LiDAR-frame grid's ref -> ego); None: the grid's frame.
 
-    Vertices are in metres (ego frame); triangles face outwards (towards increasing SDF). A grid
-    that never crosses `level` gives an empty mesh (0, 0) instead of an error, so an export over
-    many samples does not stop at an untrained model.
+    Vertices are in metres (ego frame, or the grid's frame moved by `pose`); triangles face outwards
+    (towards increasing SDF). A grid that never crosses `level` gives an empty mesh (0, 0) instead of an
+    error, so an export over many samples does not stop at an untrained model.
     """
     from skimage import measure
 
@@ -193,6 +195,8 @@ def write_mesh_ply(
         # SDF (negative inside) their normals point out of the surface (checked on a sphere in the tests)
         verts, faces, _, _ = measure.marching_cubes(values, level=level, spacing=spacing, gradient_direction="descent")
         verts = verts + np.asarray(origin_m, dtype=np.float64)
+        if pose is not None:  # rigid: the winding (and so the outward normals) is kept
+            verts = verts @ np.asarray(pose, dtype=np.float64)[:3, :3].T + np.asarray(pose, dtype=np.float64)[:3, 3]
     vertex = np.empty(len(verts), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4")])
     vertex["x"], vertex["y"], vertex["z"] = verts[:, 0], verts[:, 1], verts[:, 2]
     PlyData([PlyElement.describe(vertex, "vertex"), _face_element(faces.astype(np.int32))], text=False).write(

@@ -115,6 +115,7 @@ def write_sample(
     masks: Optional[Dict[str, np.ndarray]] = None,
     ply_cubes: bool = False,
     bev_pixels_per_voxel: int = 2,
+    grid_to_ego: Optional[np.ndarray] = None,
 ) -> SampleExport:
     """Write labels.npz, occupancy.ply, bev.png (and mesh.ply when `sdf_grid` is given) of one keyframe.
 
@@ -124,6 +125,7 @@ def write_sample(
         grid_spacing_m, grid_origin_m: its point spacing and the position of point [0, 0, 0] (metres).
         threshold: iso-level of the mesh (the occupancy threshold).
         masks: `gt_masks(frame)`; None writes all-ones masks (every voxel "observed").
+        grid_to_ego: 4x4 from the SDF grid's reference frame to the ego frame (mesh vertices); None: the same.
     """
     from selfocc_ns.eval.export_io import write_bev_png, write_mesh_ply, write_occ3d_npz, write_voxel_ply
 
@@ -135,7 +137,8 @@ def write_sample(
     write_bev_png(folder / BEV_NAME, semantics, pixels_per_voxel=bev_pixels_per_voxel)
     files = {"labels": LABELS_NAME, "ply": PLY_NAME, "bev": BEV_NAME}
     if sdf_grid is not None:
-        write_mesh_ply(folder / MESH_NAME, sdf_grid.detach().cpu().numpy(), grid_spacing_m, grid_origin_m, threshold)
+        write_mesh_ply(folder / MESH_NAME, sdf_grid.detach().cpu().numpy(), grid_spacing_m, grid_origin_m, threshold,
+                       pose=grid_to_ego)
         files["mesh"] = MESH_NAME
     relative = {kind: str(Path(frame.scene_name) / str(frame.sample_token) / name) for kind, name in files.items()}
     return SampleExport(frame.scene_name, str(frame.sample_token), sample_index, occupied, bool(masks), relative)
@@ -193,13 +196,15 @@ class SelfOccExport:
             for sample_index, batch in batches:
                 frame = index.sample_frame(sample_index)
                 grid = model.encode(batch).select(0)
-                pred, _ = predict_occupancy(grid, self.protocol, self.threshold)
+                ego2ref = batch.ego2ref_of(0)  # the gts are in the ego frame, the grid in the reference frame
+                pred, _ = predict_occupancy(grid, self.protocol, self.threshold, ego2ref, model.semantic_label_space)
                 masks = gt_masks(frame)
                 result = write_sample(
                     self.output_dir, frame, sample_index, pred,
                     sdf_grid=grid.sdf[0, 0] if self.mesh else None, grid_spacing_m=grid.spacing_m,
                     grid_origin_m=grid.range_m[:3], threshold=self.threshold, masks=masks,
                     ply_cubes=self.ply_cubes, bev_pixels_per_voxel=self.bev_pixels_per_voxel,
+                    grid_to_ego=torch.linalg.inv(ego2ref.double().cpu()).numpy(),
                 )
                 if batch.occ_semantics is not None:
                     iou = accumulator.add(pred, batch.occ_semantics[0].cpu(), batch.occ_mask_camera[0].cpu())["iou"]

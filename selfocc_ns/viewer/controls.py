@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+import torch
 from nerfstudio.viewer.viewer_elements import (
     ViewerButton,
     ViewerButtonGroup,
@@ -41,6 +42,7 @@ from selfocc_ns.viewer.render import (
     ViewerWorld,
     ego_point_in_nerfstudio,
     far_distance_m,
+    in_reference_frame,
     move_with_ego,
     render_ego_camera,
     viewer_camera_in_ego,
@@ -217,16 +219,22 @@ class OccupancyViewer(nn.Module):
         start = time.perf_counter()
         batch = load_eval_batch(pipeline.datamanager, sample_index, model.device)
         grid = encode_sample(model, batch)
+        ego2ref = batch.ego2ref_of(0)  # layers are drawn in the ego frame, the grid lives in the reference frame
+        ref2ego = torch.linalg.inv(ego2ref)
+        lidar_ego = None
+        if batch.lidar_points:
+            lidar_ego = batch.lidar_points[0] @ ref2ego[:3, :3].T + ref2ego[:3, 3]
         previous = self._sample
         self._sample = SelectedSample(
             index=sample_index,
             frame=pipeline.datamanager.eval_index.sample_frame(sample_index),
             grid=grid,
-            voxels=field_at_voxels(grid),
-            lidar_m=batch.lidar_points[0] if batch.lidar_points else None,
+            voxels=field_at_voxels(grid, ego2ref, model.semantic_label_space),
+            lidar_m=lidar_ego,
             gt_classes=batch.occ_semantics[0] if batch.occ_semantics is not None else None,
             encoded_at_step=self._viewer_step(),
             encode_s=time.perf_counter() - start,
+            ego2ref=ego2ref,
         )
         self.update_sample_layers()
         if follow and previous is not None and previous.index != sample_index:
@@ -275,11 +283,11 @@ class OccupancyViewer(nn.Module):
         """rgb / depth / depth_m / accumulation / semantics [H, W, C] of a nerfstudio camera (see selfocc_ns.viewer.render)."""
         sample = self.ensure_sample()
         world = self.world()
-        view = viewer_camera_in_ego(camera, world, sample.frame.ref_ego2global)
+        view = in_reference_frame(viewer_camera_in_ego(camera, world, sample.frame.ref_ego2global), sample.ego2ref)
         start = time.perf_counter()
         model = self.pipeline().model
         render = render_ego_camera(model, sample.grid, view, self.settings.chunk_rays)
-        outputs = viewer_outputs(render, far_distance_m(sample.grid, view), world.scale)
+        outputs = viewer_outputs(render, far_distance_m(sample.grid, view), world.scale, model.semantic_label_space)
         self.render_log = (self.render_log + [(*view.image_hw, time.perf_counter() - start)])[-50:]
         return outputs
 

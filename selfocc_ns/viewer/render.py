@@ -10,6 +10,8 @@ Frames (docs/architecture.md):
 
 `viewer_camera_in_ego` chains: normalised world -> global (metres) -> ego frame of the sample (inverse of
 its `Frame.ref_ego2global`) -> OpenCV axes; intrinsics come from the camera (fx, fy, cx, cy, H, W).
+`in_reference_frame` moves that camera into the model's reference frame (`SelfOccBatch.ego2ref`; the LiDAR
+frame for the depth presets) before it is rendered.
 `render_ego_camera` renders every pixel centre (j + 0.5, i + 0.5) of that camera from a decoded
 `FieldGrid` in bounded chunks; `viewer_outputs` turns the metric render into the [H, W, C] images
 nerfstudio's viewer shows.
@@ -25,6 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from selfocc_ns.data.label_maps import SemanticLabelSpace, display_class_lut
 from selfocc_ns.data.nuscenes import OPENCV_TO_OPENGL
 from selfocc_ns.data.occ3d import OCC3D_PALETTE
 from selfocc_ns.model.field_grid import FieldGrid
@@ -154,6 +157,13 @@ def viewer_camera_in_ego(camera, world: ViewerWorld, ref_ego2global: np.ndarray)
     return EgoCamera(k, torch.from_numpy(cam2ego).float(), image_hw)
 
 
+def in_reference_frame(view: EgoCamera, ego2ref: Optional[Tensor]) -> EgoCamera:
+    """The same camera with its pose in the sample's reference frame (`ego2ref @ cam2ego`; None: unchanged)."""
+    if ego2ref is None:
+        return view
+    return EgoCamera(view.intrinsics, ego2ref.to(view.cam2ego) @ view.cam2ego, view.image_hw)
+
+
 def render_ego_camera(model, grid: FieldGrid, view: EgoCamera, chunk_rays: Optional[int] = None) -> RenderOutputs:
     """Render every pixel centre of `view` from `grid` (B = 1) with the model's renderer, in chunks.
 
@@ -183,16 +193,20 @@ def far_distance_m(grid: FieldGrid, view: EgoCamera) -> Float[Tensor, "H W 1"]:
 
 
 def semantic_colours(
-    semantics: Float[Tensor, "*pixels C"], accumulation: Float[Tensor, "*pixels 1"]
+    semantics: Float[Tensor, "*pixels C"], accumulation: Float[Tensor, "*pixels 1"],
+    label_space: SemanticLabelSpace = "occ3d",
 ) -> Float[Tensor, "*pixels 3"]:
-    """Occ3D palette colour of the most likely rendered class (0..16, 17 sky), faded to black by opacity."""
+    """Occ3D palette colour of the most likely rendered class (0..16, 17 sky; OpenSeeD channels mapped to those
+    by `display_class_lut`), faded to black by opacity."""
     palette = torch.as_tensor(OCC3D_PALETTE, dtype=torch.float32, device=semantics.device) / 255.0
-    num = min(semantics.shape[-1], palette.shape[0])
-    classes = semantics[..., :num].argmax(dim=-1)
+    lut = torch.as_tensor(display_class_lut(label_space), device=semantics.device)
+    num = min(semantics.shape[-1], len(lut))
+    classes = lut[semantics[..., :num].argmax(dim=-1)]
     return palette[classes] * accumulation.clamp(0.0, 1.0)
 
 
-def viewer_outputs(render: RenderOutputs, far_m: Float[Tensor, "H W 1"], world_scale: float) -> Dict[str, Tensor]:
+def viewer_outputs(render: RenderOutputs, far_m: Float[Tensor, "H W 1"], world_scale: float,
+                   label_space: SemanticLabelSpace = "occ3d") -> Dict[str, Tensor]:
     """The [H, W, C] images of one render (leading dims [1, 1, H, W]) for nerfstudio's viewer.
 
     - `rgb` (rendered colour over black), `accumulation`, `semantics` (Occ3D palette, if the model has a
@@ -213,5 +227,5 @@ def viewer_outputs(render: RenderOutputs, far_m: Float[Tensor, "H W 1"], world_s
     }
     out["rgb"] = out["rgb"].clamp(0.0, 1.0)
     if render.semantics is not None:
-        out["semantics"] = semantic_colours(render.semantics[0, 0], accumulation)
+        out["semantics"] = semantic_colours(render.semantics[0, 0], accumulation, label_space)
     return out

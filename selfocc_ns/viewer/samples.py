@@ -27,7 +27,7 @@ class SelectedSample:
     """Position in the eval split's `SelfOccIndex.samples`."""
     frame: Frame
     grid: FieldGrid
-    """Decoded field (B = 1) in the ego frame of the keyframe, with its SDF gradient grid cached."""
+    """Decoded field (B = 1) in the reference frame of the keyframe, with its SDF gradient grid cached."""
     voxels: VoxelField
     lidar_m: Optional[Tensor]
     """[P, 3] LiDAR points in the ego frame (None without LiDAR)."""
@@ -35,6 +35,8 @@ class SelectedSample:
     """[200, 200, 16] Occ3D ground truth (None without gts)."""
     encoded_at_step: int
     encode_s: float
+    ego2ref: Optional[Tensor] = None
+    """[4, 4] the keyframe's ego frame -> the grid's reference frame (None: the same)."""
 
 
 class SampleCatalogue:

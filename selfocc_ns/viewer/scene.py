@@ -1,6 +1,7 @@
 """Viewer layers: predicted / ground-truth occupancy, LiDAR points and the camera rig of one sample.
 
-The layer data are computed by pure functions (metric, ego frame of the sample; tested without a server),
+The layer data are computed by pure functions (metric, ego frame of the sample, whatever the model's reference
+frame: the field is queried at `ego2ref` of the ego-frame voxel centres; tested without a server),
 and `SceneLayers` puts them in viser's scene under one node per sample, `/selfocc`, posed at the sample's
 ego frame in viser's coordinates (`ViewerWorld.viser_from_global`); every child is given in metres times
 `ViewerWorld.viser_units_per_metre`, so the layers line up with the rendered view and keep float precision.
@@ -22,6 +23,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from selfocc_ns.data.frames import Frame
+from selfocc_ns.data.label_maps import SemanticLabelSpace
 from selfocc_ns.data.occ3d import FREE_ID, OCC3D_PALETTE, OCC3D_RANGE_M, OCC3D_SHAPE, OCC3D_VOXEL_M
 from selfocc_ns.metrics.occupancy import clean_occupancy_prediction, clean_query_points, semantic_ids
 from selfocc_ns.model.field_grid import FieldGrid, query_field
@@ -70,9 +72,15 @@ class FrustumSpec:
 
 
 @torch.no_grad()
-def field_at_voxels(grid: FieldGrid) -> VoxelField:
-    """SDF and argmax class of a B = 1 grid at the 200 x 200 x 16 Occ3D voxel centres, in chunks."""
+def field_at_voxels(
+    grid: FieldGrid, ego2ref: Optional[Tensor] = None, label_space: SemanticLabelSpace = "occ3d"
+) -> VoxelField:
+    """SDF and class (as the occupancy eval reads it) of a B = 1 grid at the 200 x 200 x 16 Occ3D voxel centres
+    (ego frame; `ego2ref` maps them into the grid's reference frame), in chunks."""
     points = clean_query_points().to(grid.values.device).reshape(1, -1, 3)
+    if ego2ref is not None:
+        ego2ref = ego2ref.to(points)
+        points = points @ ego2ref[:3, :3].T + ego2ref[:3, 3]
     sdf, classes = [], []
     for start in range(0, points.shape[1], QUERY_CHUNK_POINTS):
         samples = query_field(grid, points[:, start : start + QUERY_CHUNK_POINTS])
@@ -81,7 +89,7 @@ def field_at_voxels(grid: FieldGrid) -> VoxelField:
         if logits is None or logits.shape[-1] < 17:
             classes.append(torch.zeros(samples.sdf.shape[1], dtype=torch.long))
         else:
-            classes.append(semantic_ids(logits[0].float().cpu()))
+            classes.append(semantic_ids(logits[0].float().cpu(), label_space))
     return VoxelField(torch.cat(sdf).reshape(OCC3D_SHAPE), torch.cat(classes).reshape(OCC3D_SHAPE))
 
 
