@@ -8,6 +8,8 @@ from typing import Sequence
 from nerfstudio.configs.base_config import ViewerConfig
 
 from selfocc_ns.data.datamanager import SelfOccDataManagerConfig
+from selfocc_ns.data.dataset import ImageGeometryConfig
+from selfocc_ns.data.sampling import FrameSamplingConfig
 from selfocc_ns.eval.options import EvalOptions, EvalTask
 from selfocc_ns.model.selfocc import SelfOccModelConfig
 from selfocc_ns.optim import AdamWOptimizerConfig, WarmupStepDecaySchedulerConfig
@@ -30,15 +32,36 @@ def optimizers(lr: float = 1e-4, weight_decay: float = 0.01, backbone_lr_mult: f
     return {"backbone": group(lr * backbone_lr_mult), "model": group(lr)}
 
 
+def official_datamanager(**fields) -> SelfOccDataManagerConfig:
+    """A datamanager computing what the official data pipeline computes: photometric augmentation, BGR/256 loss
+    images, the official input resize and frame draws (`fields` override or add, e.g. geometry, reference_frame)."""
+    geometry = fields.pop("geometry", ImageGeometryConfig())
+    sampling = fields.pop("sampling", FrameSamplingConfig())
+    return SelfOccDataManagerConfig(
+        photometric_augmentation=True,
+        loss_image_scale=1.0 / 256.0,
+        geometry=dataclasses.replace(geometry, resize="official"),
+        sampling=dataclasses.replace(sampling, frame_sampling="official"),
+        **fields,
+    )
+
+
+def official_evaluation(tasks: Sequence[EvalTask], **fields) -> EvalOptions:
+    """The official eval protocol: the official 450x800 / 96x200 lattices and read, the official novel-depth truth."""
+    return EvalOptions(tasks=tuple(tasks), eval_lattice="official", novel_depth_gt="keyframe_lidar2img", **fields)
+
+
 def trainer(
     method_name: str,
     model: SelfOccModelConfig,
     datamanager: SelfOccDataManagerConfig,
     epochs: int,
     eval_tasks: Sequence[EvalTask] = ("depth",),
+    official: bool = True,
     **overrides,
 ) -> SelfOccTrainerConfig:
     """A SelfOcc TrainerConfig; `epochs` are official epochs at global batch 8 (see README: scaling);
+    `official` turns on what only matters for exactness (official eval protocol, SyncBN under DDP);
     `overrides` replace TrainerConfig fields."""
     config = SelfOccTrainerConfig(
         method_name=method_name,
@@ -49,8 +72,10 @@ def trainer(
         steps_per_eval_all_images=OFFICIAL_ITERS_PER_EPOCH,
         mixed_precision=False,
         save_only_latest_checkpoint=True,
-        pipeline=SelfOccPipelineConfig(datamanager=datamanager, model=model,
-                                       evaluation=EvalOptions(tasks=tuple(eval_tasks)), eval_max_samples=60),
+        pipeline=SelfOccPipelineConfig(
+            datamanager=datamanager, model=model, eval_max_samples=60, sync_batchnorm=official,
+            evaluation=official_evaluation(eval_tasks) if official else EvalOptions(tasks=tuple(eval_tasks)),
+        ),
         optimizers=optimizers(),
         viewer=ViewerConfig(num_rays_per_chunk=8192, quit_on_train_completion=True),
         vis="viewer+tensorboard",

@@ -1,9 +1,12 @@
-"""Official `config/nuscenes/nuscenes_depth.py`: TPV 257x257x31 over [-51.2,51.2]^2 x [-4,5] m, no colour head."""
+"""Official `config/nuscenes/nuscenes_depth.py`: TPV 257x257x31 over [-51.2,51.2]^2 x [-4,5] m, no colour head.
+
+In the LIDAR_TOP frame of the input keyframe (the official config is not ego-centric), with the official data
+pipeline and eval protocol.
+"""
 
 from __future__ import annotations
 
-from selfocc_ns.configs.common import trainer
-from selfocc_ns.data.datamanager import SelfOccDataManagerConfig
+from selfocc_ns.configs.common import official_datamanager, trainer
 from selfocc_ns.data.dataset import ImageGeometryConfig
 from selfocc_ns.data.sampling import FrameSamplingConfig
 from selfocc_ns.model.field import SelfOccFieldConfig
@@ -23,8 +26,9 @@ def trainer_config() -> SelfOccTrainerConfig:
         smoothness_loss_weight=0.01,
         semantic_loss_weight=0.0,
     )
-    datamanager = SelfOccDataManagerConfig(
+    datamanager = official_datamanager(
         geometry=ImageGeometryConfig(input_crop_fraction=896 / 900, ray_crop_fraction=1.0),
         sampling=FrameSamplingConfig(cur_prob=1.0, max_dist_m=6.0, source_max_dist_m=6.0),
+        reference_frame="lidar",
     )
     return trainer("selfocc-depth", model, datamanager, epochs=24, eval_tasks=("depth",))

@@ -1,10 +1,12 @@
-"""Official `config/nuscenes/nuscenes_novel_depth.py`: the depth preset's box, RGB head, novel-depth eval."""
+"""Official `config/nuscenes/nuscenes_novel_depth.py`: the depth preset's box, RGB head, novel-depth eval.
+
+In the LIDAR_TOP frame of the input keyframe, with the official data pipeline and eval protocol.
+"""
 
 from __future__ import annotations
 
-from selfocc_ns.configs.common import trainer
+from selfocc_ns.configs.common import official_datamanager, trainer
 from selfocc_ns.configs.nuscenes_depth import DEPTH_RANGE_M
-from selfocc_ns.data.datamanager import SelfOccDataManagerConfig
 from selfocc_ns.data.sampling import FrameSamplingConfig
 from selfocc_ns.model.field import SelfOccFieldConfig
 from selfocc_ns.model.selfocc import SelfOccModelConfig
@@ -18,5 +20,7 @@ def trainer_config() -> SelfOccTrainerConfig:
         field=SelfOccFieldConfig(use_rgb=True, num_semantic_classes=0),
         semantic_loss_weight=0.0,
     )
-    datamanager = SelfOccDataManagerConfig(sampling=FrameSamplingConfig(max_dist_m=10.0, source_max_dist_m=10.0))
+    datamanager = official_datamanager(
+        sampling=FrameSamplingConfig(max_dist_m=10.0, source_max_dist_m=10.0), reference_frame="lidar"
+    )
     return trainer("selfocc-novel-depth", model, datamanager, epochs=24, eval_tasks=("novel-depth",))

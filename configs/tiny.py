@@ -41,6 +41,7 @@ def trainer_config() -> SelfOccTrainerConfig:
         "selfocc-tiny", model, datamanager, epochs=1, eval_tasks=("depth", "occupancy"), vis="tensorboard",
         max_num_iterations=1000, steps_per_save=100, steps_per_eval_batch=10**9, steps_per_eval_image=250,
         steps_per_eval_all_images=10**9, optimizers=optimizers(lr=1e-3, backbone_lr_mult=1.0, warmup_steps=20),
+        official=False,
     )
     config.pipeline.eval_max_samples = None
     return config
