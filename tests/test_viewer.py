@@ -249,6 +249,39 @@ def test_viewer_render_of_an_eval_camera(pipeline):
     assert float(outputs["rgb"].std()) > 0.01
 
 
+def test_viewer_of_a_lidar_frame_model_draws_in_the_ego_frame(pipeline):
+    """With reference_frame 'lidar' the sample's grid lives in the LIDAR_TOP frame: the LiDAR layer is still
+    drawn in the ego frame (the same points as an ego-frame sample), and a viewer camera renders like the model
+    rendering that camera's LiDAR-frame pose (ego2ref @ cam2ego)."""
+    dm, model, viewer = pipeline.datamanager, pipeline.model, pipeline.selfocc
+    ego_sample = viewer.select(2)
+    dm.config.reference_frame = "lidar"
+    try:
+        sample = viewer.select(2, follow=False)
+        ego2ref = sample.ego2ref
+        torch.testing.assert_close(ego2ref.double(), torch.from_numpy(np.linalg.inv(sample.frame.lidar2ego)),
+                                   atol=1e-6, rtol=0)
+        torch.testing.assert_close(sample.lidar_m, ego_sample.lidar_m, atol=1e-3, rtol=0)
+        world = ViewerWorld.from_dataparser_outputs(dm.train_dataparser_outputs)
+        camera = dataset_camera(dm.eval_dataparser_outputs, sample.frame.cameras["CAM_FRONT"].image_path)
+        eval_world = ViewerWorld.from_dataparser_outputs(dm.eval_dataparser_outputs)
+        c2w_global = eval_world.global_from_nerfstudio(camera.camera_to_worlds.double().numpy())
+        camera = Cameras(fx=camera.fx, fy=camera.fy, cx=camera.cx, cy=camera.cy, width=camera.width,
+                         height=camera.height,
+                         camera_to_worlds=torch.from_numpy(world.nerfstudio_from_global(c2w_global)[:3]).float())
+        outputs = model.get_outputs_for_camera(camera)
+        k = torch.tensor(sample.frame.cameras["CAM_FRONT"].intrinsics, dtype=torch.float32)
+        cam2ego = np.linalg.inv(sample.frame.ref_ego2global) @ sample.frame.cameras["CAM_FRONT"].cam2global
+        cam2ref = ego2ref @ torch.tensor(cam2ego, dtype=torch.float32)
+        ref = model.render_depth(sample.grid, k[None, None], cam2ref[None, None], (90, 160), lattice_fraction=1.0)
+        surface = ref.accumulation[0, 0] >= 0.5
+        err = (outputs["depth_m"] - ref.ray_distance[0, 0])[surface].abs()
+        assert float(surface.float().mean()) > 0.1 and float(err.median()) < 1e-3
+    finally:
+        dm.config.reference_frame = "ego"
+        viewer.select(2, follow=False)
+
+
 def test_sample_switching_reencodes_only_on_change(pipeline, monkeypatch):
     import selfocc_ns.viewer.controls as viewer_module
 

@@ -49,7 +49,7 @@ class SelfOccBatch:
     intrinsics: Float[Tensor, "B N 3 3"]
     """Of `images` (crop and scale applied)."""
     cam2ego: Float[Tensor, "B N 4 4"]
-    """Input cameras in the reference ego frame of t."""
+    """Input cameras in the reference frame of t."""
 
     anchor_images: Float[Tensor, "B N 3 H W"]
     """The anchor frame's images (unscaled crop): rays, RGB and reprojection targets."""
@@ -62,10 +62,10 @@ class SelfOccBatch:
     source_cam2ego: Optional[Float[Tensor, "B 2 N 4 4"]] = None
 
     semantics: Optional[Int[Tensor, "B N H W"]] = None
-    """2D labels of the anchor images (Occ3D ids 0..16, 17 sky, 255 ignore)."""
+    """2D labels of the anchor images, model's label space (Occ3D 0..16 + 17 sky, or OpenSeeD 0..20), 255 ignore."""
 
     lidar_points: Optional[List[Float[Tensor, "P 3"]]] = None
-    """Per batch item, LiDAR points of t in the reference ego frame of t (eval)."""
+    """Per batch item, LiDAR points of t in the reference frame of t (eval)."""
     occ_semantics: Optional[Int[Tensor, "B 200 200 16"]] = None
     occ_mask_camera: Optional[Int[Tensor, "B 200 200 16"]] = None
     novel: Optional[List[NovelViews]] = None

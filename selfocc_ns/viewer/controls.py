@@ -6,7 +6,8 @@ nerfstudio's `parse_object` walks into it and installs its ViewerElements under 
 in the viewer's control tab, and finds its `ViewerControl`, whose `_setup` hands it the viser server.
 
 - The sample selector (scene + keyframe of the eval split) re-encodes the chosen sample once, under
-  `no_grad` in eval mode, and caches its `FieldGrid` (ego frame of the keyframe, metres); during training
+  `no_grad` in eval mode, and caches its `FieldGrid` (reference frame of the keyframe, metres; the layers
+  and the viewer cameras are in its ego frame and reach the grid through `ego2ref`); during training
   the cached grid is refreshed every `ViewerSettings.refresh_every_steps` steps.
 - `OccupancyViewer.render(camera)` is the model's camera-render hook (`SelfOccModel.set_camera_render_hook`,
   what `get_outputs_for_camera` calls): it renders the viewer camera from the cached grid
