@@ -117,7 +117,9 @@ def input_image(
     cropped, k = crop_and_scale(img, intrinsics, geometry.input_crop_fraction)
     rgb = np.asarray(cropped, dtype=np.float32)
     if draws is not None:  # the official distortion works on BGR values
-        rgb = apply_photometric(rgb[..., ::-1], draws)[..., ::-1]
+        import cv2
+
+        rgb = cv2.cvtColor(apply_photometric(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), draws), cv2.COLOR_BGR2RGB)
     if geometry.scale_rate != 1.0:
         height, width = rgb.shape[:2]
         new_w, new_h = scaled_size(width, height, geometry.scale_rate, geometry.resize)

@@ -71,15 +71,14 @@ def apply_photometric(bgr: np.ndarray, draws: PhotometricDraws) -> np.ndarray:
         img += np.float32(draws.brightness_delta)
     if draws.contrast_first and draws.contrast_alpha is not None:
         img *= np.float32(draws.contrast_alpha)
-    hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+    hue, saturation, value = cv2.split(cv2.cvtColor(img, cv2.COLOR_BGR2HSV))  # contiguous planes: fast arithmetic
     if draws.saturation_scale is not None:
-        hsv[..., 1] *= np.float32(draws.saturation_scale)
+        saturation *= np.float32(draws.saturation_scale)
     if draws.hue_delta_deg is not None:
-        hue = hsv[..., 0]
         hue += np.float32(draws.hue_delta_deg)
-        hue[hue > 360] -= 360
-        hue[hue < 0] += 360
-    img = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+        hue = np.where(hue > 360, hue - np.float32(360), hue)
+        hue = np.where(hue < 0, hue + np.float32(360), hue)
+    img = cv2.cvtColor(cv2.merge([hue, saturation, value]), cv2.COLOR_HSV2BGR)
     if not draws.contrast_first and draws.contrast_alpha is not None:
         img *= np.float32(draws.contrast_alpha)
     return img
