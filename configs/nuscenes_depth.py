@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from selfocc_ns.configs.common import trainer
+from selfocc_ns.configs.common import official_conventions, trainer
 from selfocc_ns.data.datamanager import SelfOccDataManagerConfig
 from selfocc_ns.data.dataset import ImageGeometryConfig
 from selfocc_ns.data.sampling import FrameSamplingConfig
@@ -14,7 +14,7 @@ DEPTH_RANGE_M = (-51.2, -51.2, -4.0, 51.2, 51.2, 5.0)
 
 
 def trainer_config() -> SelfOccTrainerConfig:
-    model = SelfOccModelConfig(
+    model = official_conventions(SelfOccModelConfig(
         range_m=DEPTH_RANGE_M,
         grid_xyz=(257, 257, 31),
         field=SelfOccFieldConfig(use_rgb=False, num_semantic_classes=0),
@@ -22,7 +22,7 @@ def trainer_config() -> SelfOccTrainerConfig:
         hessian_loss_weight=0.0,
         smoothness_loss_weight=0.01,
         semantic_loss_weight=0.0,
-    )
+    ))
     datamanager = SelfOccDataManagerConfig(
         geometry=ImageGeometryConfig(input_crop_fraction=896 / 900, ray_crop_fraction=1.0),
         sampling=FrameSamplingConfig(cur_prob=1.0, max_dist_m=6.0, source_max_dist_m=6.0),

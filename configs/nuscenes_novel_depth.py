@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from selfocc_ns.configs.common import trainer
+from selfocc_ns.configs.common import official_conventions, trainer
 from selfocc_ns.configs.nuscenes_depth import DEPTH_RANGE_M
 from selfocc_ns.data.datamanager import SelfOccDataManagerConfig
 from selfocc_ns.data.sampling import FrameSamplingConfig
@@ -12,11 +12,11 @@ from selfocc_ns.trainer import SelfOccTrainerConfig
 
 
 def trainer_config() -> SelfOccTrainerConfig:
-    model = SelfOccModelConfig(
+    model = official_conventions(SelfOccModelConfig(
         range_m=DEPTH_RANGE_M,
         grid_xyz=(257, 257, 31),
         field=SelfOccFieldConfig(use_rgb=True, num_semantic_classes=0),
         semantic_loss_weight=0.0,
-    )
+    ))
     datamanager = SelfOccDataManagerConfig(sampling=FrameSamplingConfig(max_dist_m=10.0, source_max_dist_m=10.0))
     return trainer("selfocc-novel-depth", model, datamanager, epochs=24, eval_tasks=("novel-depth",))

@@ -44,7 +44,9 @@ def weights_torch(alphas: Float[Tensor, "*rays S"], transmittance_eps: float = 0
     return alphas * transmittance
 
 
-def composite_weights_dense(alphas: Float[Tensor, "*rays S"], transmittance_eps: float = 0.0) -> Float[Tensor, "*rays S"]:
+def composite_weights_dense(
+    alphas: Float[Tensor, "*rays S"], transmittance_eps: float = 0.0
+) -> Float[Tensor, "*rays S"]:
     """w_i = alpha_i prod_{j<i} (1 - alpha_j + eps) by nerfacc's dense `render_weight_from_alpha` (eps = 0) or
     `render_transmittance_from_alpha` of alpha - eps."""
     if transmittance_eps == 0.0:
@@ -52,7 +54,9 @@ def composite_weights_dense(alphas: Float[Tensor, "*rays S"], transmittance_eps:
     return alphas * nerfacc.render_transmittance_from_alpha(alphas - transmittance_eps)
 
 
-def composite_weights_packed(alphas: Float[Tensor, "*rays S"], transmittance_eps: float = 0.0) -> Float[Tensor, "*rays S"]:
+def composite_weights_packed(
+    alphas: Float[Tensor, "*rays S"], transmittance_eps: float = 0.0
+) -> Float[Tensor, "*rays S"]:
     """`composite_weights_dense` through nerfacc's packed scan (CUDA only)."""
     num_rays, ray_indices = _packed_layout(alphas)
     flat = alphas.reshape(-1)

@@ -4,8 +4,8 @@ The encoder's planes are broadcast-summed into a dense feature volume and a smal
 (Softplus -> Linear(C, hidden) -> Softplus -> Linear(hidden, 1 + 3 + S)) turns every grid point into
 channel 0 = SDF in metres, 1..3 = raw R, G, B (activated after sampling, as the official SH-degree-0 head
 does; `rgb_activation="sh0"` is that head's relu(C0 f + 0.5), in RGB order where the official head is BGR:
-`model/official.py` reorders the rows), then the S semantic logits. Reading points, gradients and Hessians of that grid is in
-`field_grid.py` (re-exported here).
+`model/official.py` reorders the rows), then the S semantic logits. Reading points, gradients and Hessians
+of that grid is in `field_grid.py` (re-exported here).
 
 Geometric prior (`sdf_prior`): an analytic SDF evaluated at the grid points is *added* to the decoded SDF
 channel and the last layer's SDF row starts at zero, so the untrained field is exactly the prior and the

@@ -222,7 +222,9 @@ def stratified_samples(
     return midpoints_and_deltas(interval_edges(near_m, far_m, num_samples, generator, jitter, jitter_mode))
 
 
-def midpoints_and_deltas(edges_m: Float[Tensor, "*rays S+1"]) -> Tuple[Float[Tensor, "*rays S"], Float[Tensor, "*rays S"]]:
+def midpoints_and_deltas(
+    edges_m: Float[Tensor, "*rays S+1"],
+) -> Tuple[Float[Tensor, "*rays S"], Float[Tensor, "*rays S"]]:
     """Interval midpoints and lengths from interval edges."""
     return 0.5 * (edges_m[..., 1:] + edges_m[..., :-1]), edges_m[..., 1:] - edges_m[..., :-1]
 

@@ -139,6 +139,20 @@ def background_colour(
     raise ValueError(f"unknown background {background!r}")
 
 
+def clip_ray_distance(
+    ray_distance: Float[Tensor, "B R 1"], t_m: Float[Tensor, "B R S"], mode: Literal["per_ray", "global"]
+) -> Float[Tensor, "B R 1"]:
+    """Clip expected distances to the sampled midpoints: each ray's own [t_0, t_S-1] ("per_ray"), or the smallest
+    and largest midpoint of all rays of the batch item ("global": the official clip over a render call)."""
+    if mode == "global":
+        lowest, highest = t_m.amin(dim=(1, 2))[:, None, None], t_m.amax(dim=(1, 2))[:, None, None]
+    elif mode == "per_ray":
+        lowest, highest = t_m[..., :1], t_m[..., -1:]
+    else:
+        raise ValueError(f"unknown depth_clip {mode!r}; expected 'per_ray' or 'global'")
+    return torch.minimum(torch.maximum(ray_distance, lowest), highest)
+
+
 @dataclass
 class SelfOccRendererConfig(InstantiateConfig):
     """Ray lattices, sampling and NeuS compositing."""
@@ -273,13 +287,7 @@ class SelfOccRenderer(nn.Module):
         weights = composite_weights(alphas, packed, cfg.transmittance_eps)
         accumulation = accumulate(weights, None, packed)
         ray_distance = accumulate(weights, t_m[..., None], packed) / (accumulation + 1e-10)
-        if cfg.depth_clip == "global":  # the official clip: smallest / largest midpoint of the call (per item)
-            lowest, highest = t_m.amin(dim=(1, 2))[:, None, None], t_m.amax(dim=(1, 2))[:, None, None]
-        elif cfg.depth_clip == "per_ray":
-            lowest, highest = t_m[..., :1], t_m[..., -1:]
-        else:
-            raise ValueError(f"unknown depth_clip {cfg.depth_clip!r}; expected 'per_ray' or 'global'")
-        ray_distance = torch.minimum(torch.maximum(ray_distance, lowest), highest)
+        ray_distance = clip_ray_distance(ray_distance, t_m, cfg.depth_clip)
         depth = ray_distance if z_per_distance is None else ray_distance * z_per_distance
 
         rgb = None
