@@ -440,3 +440,12 @@ def encode_features(
     hw, zh, wz = planes_to_official(planes)
     density_color = grid_to_official(grid.values, grid.rgb_channels > 0)
     return OfficialFeatureOutputs(hw, zh, wz, density_color, planes, grid)
+
+
+def encode_features_from_metas(
+    model, mlvl_feats: Sequence[Float[Tensor, "B N C hl wl"]], metas: Sequence[Mapping]
+) -> OfficialFeatureOutputs:
+    """`encode_features` with the official `img_metas` list (one dict per batch item with 'lidar2img' (N, 4, 4)
+    and 'img_shape'; the first item's img_shape is used, as the official point_sampling does)."""
+    lidar2img = torch.stack([torch.as_tensor(meta["lidar2img"], dtype=torch.float32) for meta in metas])
+    return encode_features(model, mlvl_feats, lidar2img, metas[0]["img_shape"])

@@ -79,7 +79,8 @@ def import_official(
 
     output_dir = Path(output_dir).expanduser().resolve()
     if (output_dir / "config.yml").exists() or (output_dir / "nerfstudio_models").exists():
-        raise FileExistsError(f"{output_dir} already holds a run (config.yml or nerfstudio_models/): choose a new folder")
+        raise FileExistsError(f"{output_dir} already holds a run (config.yml or nerfstudio_models/): choose a new "
+                              "folder")
     checkpoint = Path(checkpoint).expanduser()
     if not checkpoint.is_file():
         raise FileNotFoundError(f"no checkpoint file {checkpoint}")

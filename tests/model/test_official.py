@@ -81,12 +81,16 @@ def test_conversion_moves_each_value_where_the_official_layout_says(preset_model
     assert torch.equal(ours["field.decoder.3.weight"], rows[[0, 3, 2, 1]])
     assert ours["renderer.neus_alpha.variance"].shape == ()
     assert float(ours["renderer.neus_alpha.variance"]) == float(state["head.model.field.deviation_network.variance"])
-    assert torch.equal(ours["image_encoder.neck.inner_blocks.2.0.weight"], state["img_neck.lateral_convs.2.conv.weight"])
-    assert torch.equal(ours["image_encoder.neck.layer_blocks.3.0.bias"], state["img_neck.fpn_convs.3.conv.bias"])
-    assert torch.equal(ours["encoder.layers.1.ffn.3.weight"], state["encoder.layers.1.ffns.0.layers.1.weight"])
-    assert torch.equal(ours["encoder.layers.3.cross_attn.yz.sampling_offsets.weight"],
-                       state["encoder.layers.3.attentions.1.attn_zh.deformable_attention.sampling_offsets.weight"])
-    assert torch.equal(ours["encoder.pos_proj.xz.weight"], state["encoder.positional_encoding.position_layer_wz.weight"])
+    pairs = {
+        "image_encoder.neck.inner_blocks.2.0.weight": "img_neck.lateral_convs.2.conv.weight",
+        "image_encoder.neck.layer_blocks.3.0.bias": "img_neck.fpn_convs.3.conv.bias",
+        "encoder.layers.1.ffn.3.weight": "encoder.layers.1.ffns.0.layers.1.weight",
+        "encoder.layers.3.cross_attn.yz.sampling_offsets.weight":
+            "encoder.layers.3.attentions.1.attn_zh.deformable_attention.sampling_offsets.weight",
+        "encoder.pos_proj.xz.weight": "encoder.positional_encoding.position_layer_wz.weight",
+    }
+    for mine_key, official_name in pairs.items():
+        assert torch.equal(ours[mine_key], state[official_name]), mine_key
 
 
 def _renamed(state, old, new):
@@ -97,13 +101,15 @@ BAD_CASES = {
     "unknown": (lambda s: {**s, "encoder.layers.9.norms.0.weight": torch.zeros(96)},
                 [r"unknown key encoder\.layers\.9\.norms\.0\.weight \(96,\)"]),
     "missing": (lambda s: {k: v for k, v in s.items() if k != "img_neck.fpn_convs.1.conv.weight"},
-                [r"missing key img_neck\.fpn_convs\.1\.conv\.weight \(expected shape \[96, 96, 3, 3\], torch\.float32\)"]),
+                [r"missing key img_neck\.fpn_convs\.1\.conv\.weight \(expected shape \[96, 96, 3, 3\], "
+                 r"torch\.float32\)"]),
     "misshaped": (lambda s: {**s, "lifter.tpv_zh": torch.zeros(1, 10, 96)},
                   [r"key lifter\.tpv_zh has shape \[1, 10, 96\], expected shape \[1, 7967, 96\]"]),
     "dtype": (lambda s: {**s, "img_backbone.bn1.num_batches_tracked": torch.zeros((), dtype=torch.float32)},
               [r"key img_backbone\.bn1\.num_batches_tracked has dtype torch\.float32, expected torch\.int64"]),
     "renamed": (lambda s: _renamed(s, "encoder.cams_embeds", "encoder.camera_embeds"),
-                [r"unknown key encoder\.camera_embeds", r"missing key encoder\.cams_embeds \(expected shape \[6, 96\]"]),
+                [r"unknown key encoder\.camera_embeds",
+                 r"missing key encoder\.cams_embeds \(expected shape \[6, 96\]"]),
     "aabb": (lambda s: {**s, "head.model.field.aabb": torch.tensor([[-40.0, -40, -1], [40, 40, 5.4]])},
              [r"key head\.model\.field\.aabb is .*scene box"]),
     "background": (lambda s: {**s, "head.model.field_background": torch.zeros(1)},
@@ -215,6 +221,9 @@ def test_encode_features_returns_the_model_planes_and_grid_in_both_layouts() -> 
                               [[-30.0, 10, 0, 32], [0, 5, -30, 16], [-1, 0, 0, 0], [0, 0, 0, 1]]])
     out = official.encode_features(holder, feats, lidar2img, (32, 64, 3))
     assert holder.training, "the model's mode is restored"
+    from_metas = official.encode_features_from_metas(holder, feats, [{"lidar2img": lidar2img.numpy(),
+                                                                      "img_shape": (32, 64, 3)}])
+    assert torch.equal(from_metas.density_color, out.density_color)
     holder.eval()
     with torch.no_grad():
         planes = holder.encoder(feats, lidar2img[None], (32, 64))

@@ -51,6 +51,18 @@ def test_transmittance_eps_is_inside_the_product() -> None:
     assert not torch.allclose(composite_weights(alphas, False, 0.0), expected, atol=1e-8, rtol=1e-7)
 
 
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="packed scan needs CUDA"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_transmittance_eps_on_each_compositing_path_matches_the_torch_reference(device: str) -> None:
+    alphas = (torch.rand(3, 16, 64, generator=torch.Generator().manual_seed(2)) ** 3).to(device)
+    reference = weights_torch(alphas, 1e-4)
+    torch.testing.assert_close(composite_weights(alphas, False, 1e-4), reference, atol=1e-6, rtol=1e-5)
+    if device == "cuda":
+        torch.testing.assert_close(composite_weights(alphas, True, 1e-4), reference, atol=1e-6, rtol=1e-5)
+
+
 def test_depth_clip_per_ray_or_over_the_whole_call() -> None:
     """Official: the expected distance is clipped to [min, max] of all midpoints of the render call."""
     t_m = torch.tensor([[[1.0, 2.0, 3.0], [10.0, 11.0, 12.0]]])

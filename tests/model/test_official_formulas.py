@@ -81,7 +81,8 @@ def test_image_cross_attention_equals_the_official_formula() -> None:
             for m in range(heads):
                 for level, (h, w) in enumerate(shapes):
                     values = torch.einsum("oc,chw->ohw", attention.value_proj.weight.double(),
-                                          feats[level][0, n].double()) + attention.value_proj.bias.double()[:, None, None]
+                                          feats[level][0, n].double())
+                    values = values + attention.value_proj.bias.double()[:, None, None]
                     for p in range(points):
                         loc_x = refs[n, i, p, 0].double() + offsets[m, level, p, 0] / w
                         loc_y = refs[n, i, p, 1].double() + offsets[m, level, p, 1] / h
