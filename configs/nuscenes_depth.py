@@ -7,6 +7,7 @@ from selfocc_ns.data.datamanager import SelfOccDataManagerConfig
 from selfocc_ns.data.dataset import ImageGeometryConfig
 from selfocc_ns.data.sampling import FrameSamplingConfig
 from selfocc_ns.model.field import SelfOccFieldConfig
+from selfocc_ns.model.renderer import SelfOccRendererConfig
 from selfocc_ns.model.selfocc import SelfOccModelConfig
 from selfocc_ns.trainer import SelfOccTrainerConfig
 
@@ -18,6 +19,8 @@ def trainer_config() -> SelfOccTrainerConfig:
         range_m=DEPTH_RANGE_M,
         grid_xyz=(257, 257, 31),
         field=SelfOccFieldConfig(use_rgb=False, num_semantic_classes=0),
+        # official eval_depth.py --batch 90000: the depth clip is global over each chunk of rays
+        renderer=SelfOccRendererConfig(eval_chunk_rays=90000),
         rgb_loss_weight=0.0,
         hessian_loss_weight=0.0,
         smoothness_loss_weight=0.01,

@@ -7,6 +7,7 @@ from selfocc_ns.configs.nuscenes_depth import DEPTH_RANGE_M
 from selfocc_ns.data.datamanager import SelfOccDataManagerConfig
 from selfocc_ns.data.sampling import FrameSamplingConfig
 from selfocc_ns.model.field import SelfOccFieldConfig
+from selfocc_ns.model.renderer import SelfOccRendererConfig
 from selfocc_ns.model.selfocc import SelfOccModelConfig
 from selfocc_ns.trainer import SelfOccTrainerConfig
 
@@ -16,6 +17,8 @@ def trainer_config() -> SelfOccTrainerConfig:
         range_m=DEPTH_RANGE_M,
         grid_xyz=(257, 257, 31),
         field=SelfOccFieldConfig(use_rgb=True, num_semantic_classes=0),
+        # official eval_novel_depth.py renders its 6 x 96 x 200 lattice in one call (--batch 0): one global clip
+        renderer=SelfOccRendererConfig(eval_chunk_rays=6 * 96 * 200),
         semantic_loss_weight=0.0,
     ))
     datamanager = SelfOccDataManagerConfig(sampling=FrameSamplingConfig(max_dist_m=10.0, source_max_dist_m=10.0))
