@@ -51,6 +51,22 @@ def official_evaluation(tasks: Sequence[EvalTask], **fields) -> EvalOptions:
     return EvalOptions(tasks=tuple(tasks), eval_lattice="official", novel_depth_gt="keyframe_lidar2img", **fields)
 
 
+def official_conventions(model: SelfOccModelConfig) -> SelfOccModelConfig:
+    """The model with every model-side convention flag at the official code's value (README: "Differences from
+    the official code"); the presets named after official configs use it, `selfocc-tiny` keeps this project's."""
+    encoder = dataclasses.replace(
+        model.encoder, self_attn_reference="official", pe_layout="interleaved", image_visibility="official"
+    )
+    field = dataclasses.replace(model.field, rgb_activation="sh0", fd_boundary="replicate_half")
+    renderer = dataclasses.replace(
+        model.renderer, sdf_read_at="start", jitter="per_ray", transmittance_eps=1e-4, depth_clip="global",
+        cos_anneal_steps=5000, train_lattice="official_shared",
+    )
+    return dataclasses.replace(
+        model, encoder=encoder, field=field, renderer=renderer, image_read="official", smoothness_of="depth"
+    )
+
+
 def trainer(
     method_name: str,
     model: SelfOccModelConfig,

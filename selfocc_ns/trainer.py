@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional, Type
 
 import torch
@@ -30,6 +31,14 @@ class SelfOccTrainerConfig(TrainerConfig):
     """Clip the gradient norm over all parameters to this (official 35); None disables clipping."""
     max_train_minutes: Optional[float] = None
     """Stop (and save a checkpoint) after this much wall-clock training time, even before max-num-iterations."""
+    run_dir: Optional[Path] = None
+    """The run's folder (config.yml, nerfstudio_models/, logs) instead of output-dir/experiment/method/timestamp."""
+
+    def get_base_dir(self) -> Path:
+        """nerfstudio's run folder, or `run_dir` when set (runs written by `selfocc-import-official`)."""
+        if self.run_dir is not None:
+            return Path(self.run_dir)
+        return super().get_base_dir()
 
 
 class SelfOccTrainer(Trainer):

@@ -6,6 +6,11 @@ any device (nerfacc's torch cumprod / sum); the packed weights need CUDA (nerfac
 raises on CPU). `composite_weights` / `accumulate` dispatch on the `packed` flag the renderer chooses.
 
 Shapes: `*rays` any leading dims, S samples per ray, D value channels.
+
+`transmittance_eps` (official 1e-4): T_i = prod_{j<i} (1 - alpha_j + eps), as sdfstudio's
+`get_weights_and_transmittance_from_alphas`; the weights can then sum to more than 1 (up to (1 + eps)^(S-1)
+through empty space). nerfacc computes it as its exact transmittance of alpha - eps, and `weights_torch` is the
+plain cumulative-product reference of that formula.
 """
 
 from __future__ import annotations
@@ -32,15 +37,36 @@ def _packed_layout(samples: Float[Tensor, "*rays S"]) -> Tuple[int, Int[Tensor, 
     return num_rays, packed_ray_indices(num_rays, num_samples, samples.device)
 
 
-def composite_weights_dense(alphas: Float[Tensor, "*rays S"]) -> Float[Tensor, "*rays S"]:
-    """Reference: w_i = alpha_i prod_{j<i} (1 - alpha_j) by nerfacc's dense `render_weight_from_alpha`."""
-    return nerfacc.render_weight_from_alpha(alphas)[0]
+def weights_torch(alphas: Float[Tensor, "*rays S"], transmittance_eps: float = 0.0) -> Float[Tensor, "*rays S"]:
+    """Reference formula: w_i = alpha_i prod_{j<i} (1 - alpha_j + eps), an exclusive cumulative product."""
+    factors = 1.0 - alphas + transmittance_eps
+    transmittance = torch.cumprod(torch.cat([torch.ones_like(factors[..., :1]), factors[..., :-1]], dim=-1), dim=-1)
+    return alphas * transmittance
 
 
-def composite_weights_packed(alphas: Float[Tensor, "*rays S"]) -> Float[Tensor, "*rays S"]:
+def composite_weights_dense(
+    alphas: Float[Tensor, "*rays S"], transmittance_eps: float = 0.0
+) -> Float[Tensor, "*rays S"]:
+    """w_i = alpha_i prod_{j<i} (1 - alpha_j + eps) by nerfacc's dense `render_weight_from_alpha` (eps = 0) or
+    `render_transmittance_from_alpha` of alpha - eps."""
+    if transmittance_eps == 0.0:
+        return nerfacc.render_weight_from_alpha(alphas)[0]
+    return alphas * nerfacc.render_transmittance_from_alpha(alphas - transmittance_eps)
+
+
+def composite_weights_packed(
+    alphas: Float[Tensor, "*rays S"], transmittance_eps: float = 0.0
+) -> Float[Tensor, "*rays S"]:
     """`composite_weights_dense` through nerfacc's packed scan (CUDA only)."""
     num_rays, ray_indices = _packed_layout(alphas)
-    weights, _ = nerfacc.render_weight_from_alpha(alphas.reshape(-1), ray_indices=ray_indices, n_rays=num_rays)
+    flat = alphas.reshape(-1)
+    if transmittance_eps == 0.0:
+        weights, _ = nerfacc.render_weight_from_alpha(flat, ray_indices=ray_indices, n_rays=num_rays)
+    else:
+        transmittance = nerfacc.render_transmittance_from_alpha(
+            flat - transmittance_eps, ray_indices=ray_indices, n_rays=num_rays
+        )
+        weights = flat * transmittance
     return weights.reshape(alphas.shape)
 
 
@@ -61,9 +87,13 @@ def accumulate_packed(
     return out.reshape(*weights.shape[:-1], out.shape[-1])
 
 
-def composite_weights(alphas: Float[Tensor, "*rays S"], packed: bool = False) -> Float[Tensor, "*rays S"]:
-    """Rendering weights w_i = alpha_i prod_{j<i} (1 - alpha_j): the packed fast path or the dense reference."""
-    return composite_weights_packed(alphas) if packed else composite_weights_dense(alphas)
+def composite_weights(
+    alphas: Float[Tensor, "*rays S"], packed: bool = False, transmittance_eps: float = 0.0
+) -> Float[Tensor, "*rays S"]:
+    """Rendering weights w_i = alpha_i prod_{j<i} (1 - alpha_j + eps): the packed fast path or the dense one."""
+    if packed:
+        return composite_weights_packed(alphas, transmittance_eps)
+    return composite_weights_dense(alphas, transmittance_eps)
 
 
 def accumulate(

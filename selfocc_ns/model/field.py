@@ -1,10 +1,11 @@
 """The SelfOcc field: TPV/BEV planes -> a decoded grid of SDF, colour and semantic logits (docs/architecture.md).
 
 The encoder's planes are broadcast-summed into a dense feature volume and a small per-voxel MLP
-(Softplus -> Linear(C, hidden) -> Softplus -> Linear(hidden, 1 + 3 + 18)) turns every grid point into
-channel 0 = SDF in metres, 1..3 = raw RGB (activated after sampling, as the official SH-degree-0 head
-does), then the semantic logits. Reading points, gradients and Hessians of that grid is in
-`field_grid.py` (re-exported here).
+(Softplus -> Linear(C, hidden) -> Softplus -> Linear(hidden, 1 + 3 + S)) turns every grid point into
+channel 0 = SDF in metres, 1..3 = raw R, G, B (activated after sampling, as the official SH-degree-0 head
+does; `rgb_activation="sh0"` is that head's relu(C0 f + 0.5), in RGB order where the official head is BGR:
+`model/official.py` reorders the rows), then the S semantic logits. Reading points, gradients and Hessians
+of that grid is in `field_grid.py` (re-exported here).
 
 Geometric prior (`sdf_prior`): an analytic SDF evaluated at the grid points is *added* to the decoded SDF
 channel and the last layer's SDF row starts at zero, so the untrained field is exactly the prior and the
@@ -17,7 +18,7 @@ only catches rays that reach it before leaving through the top of the box: with 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Literal, Optional, Tuple, Type
+from typing import Dict, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +31,10 @@ from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.fields.base_field import Field, FieldConfig
 from selfocc_ns.data.occ3d import NUM_SEMANTIC_CHANNELS
 from selfocc_ns.model.field_grid import (  # noqa: F401  (re-exported: the field's public API)
+    FdBoundary,
     FieldGrid,
     FieldSamples,
+    RgbActivation,
     SdfPrior,
     grid_gradient,
     grid_spacing_m,
@@ -63,8 +66,10 @@ class SelfOccFieldConfig(FieldConfig):
     """Decode 3 colour channels (off for the depth preset)."""
     num_semantic_classes: int = NUM_SEMANTIC_CHANNELS
     """Semantic logits per voxel (18 = Occ3D 0..16 + sky); 0 disables the semantic head."""
-    rgb_activation: Literal["relu", "sigmoid"] = "relu"
-    """Activation applied to sampled colour (official: relu)."""
+    rgb_activation: RgbActivation = "relu"
+    """Activation of sampled colour: relu(f), sigmoid(f), or official SH degree 0 relu(0.2821 f + 0.5) ('sh0')."""
+    fd_boundary: FdBoundary = "one_sided"
+    """Grid derivatives on the box faces: exact one-sided, or official replicate-padded (half) central differences."""
     sdf_output_scale_m: float = 1.0
     """Metres of SDF per unit of the decoder's SDF output (official 1)."""
     prior_zero_init: bool = True
@@ -168,6 +173,7 @@ class SelfOccField(Field):
             rgb_channels=self.rgb_channels,
             semantic_channels=self.config.num_semantic_classes,
             rgb_activation=self.config.rgb_activation,
+            fd_boundary=self.config.fd_boundary,
         )
 
     # -- nerfstudio path ---------------------------------------------------------------------------

@@ -21,6 +21,10 @@ from torch import Tensor
 from selfocc_ns.model.planes import grid_points_m, normalise_points
 
 SdfPrior = Literal["none", "ground", "ground_shell"]
+RgbActivation = Literal["relu", "sigmoid", "sh0"]
+FdBoundary = Literal["one_sided", "replicate_half"]
+SH_C0 = 0.28209479177387814
+"""Real spherical harmonic of degree 0, 1 / (2 sqrt(pi)): the official SH-degree-0 colour is relu(C0 f + 0.5)."""
 
 # ----------------------------------------------------------------------------------------------
 # Pure grid functions
@@ -48,29 +52,38 @@ def sample_grid(
 
 
 def grid_gradient(
-    values: Float[Tensor, "B C X Y Z"], spacing_m: Sequence[float]
+    values: Float[Tensor, "B C X Y Z"], spacing_m: Sequence[float], boundary: FdBoundary = "one_sided"
 ) -> Float[Tensor, "B C 3 X Y Z"]:
     """Finite-difference spatial derivative of every channel, per metre.
 
-    Central differences inside; at the faces one-sided differences divided by the true distance
-    (one spacing). The official code pads by replication and divides by two spacings everywhere, which
-    halves the derivative on the faces (and so gives a plane a non-zero eikonal loss there); we keep the
-    exact one-sided value instead.
+    Central differences inside. On the faces, "one_sided": the one-sided difference divided by the true
+    distance (one spacing), the exact derivative of a linear field. "replicate_half" (official): the grid is
+    padded by replication and the central difference divided by two spacings everywhere, so a face gets half
+    the one-sided difference (a plane then has a non-zero eikonal loss there).
     """
-    d_dx, d_dy, d_dz = torch.gradient(values, spacing=list(spacing_m), dim=[2, 3, 4], edge_order=1)
-    return torch.stack([d_dx, d_dy, d_dz], dim=2)
+    if boundary not in ("one_sided", "replicate_half"):
+        raise ValueError(f"unknown finite-difference boundary {boundary!r}; expected 'one_sided' or 'replicate_half'")
+    derivatives = list(torch.gradient(values, spacing=list(spacing_m), dim=[2, 3, 4], edge_order=1))
+    if boundary == "replicate_half":
+        for axis, derivative in enumerate(derivatives):
+            faces = torch.ones(values.shape[2 + axis], dtype=values.dtype, device=values.device)
+            faces[0] = faces[-1] = 0.5
+            derivatives[axis] = derivative * faces.view(-1, *([1] * (2 - axis)))
+    return torch.stack(derivatives, dim=2)
 
 
-def sdf_gradient_grid(sdf: Float[Tensor, "B 1 X Y Z"], spacing_m: Sequence[float]) -> Float[Tensor, "B 3 X Y Z"]:
+def sdf_gradient_grid(
+    sdf: Float[Tensor, "B 1 X Y Z"], spacing_m: Sequence[float], boundary: FdBoundary = "one_sided"
+) -> Float[Tensor, "B 3 X Y Z"]:
     """SDF gradient (d/dx, d/dy, d/dz) at every grid point."""
-    return grid_gradient(sdf, spacing_m)[:, 0]
+    return grid_gradient(sdf, spacing_m, boundary)[:, 0]
 
 
 def sdf_hessian_grid(
-    sdf_gradient: Float[Tensor, "B 3 X Y Z"], spacing_m: Sequence[float]
+    sdf_gradient: Float[Tensor, "B 3 X Y Z"], spacing_m: Sequence[float], boundary: FdBoundary = "one_sided"
 ) -> Float[Tensor, "B 3 3 X Y Z"]:
     """Second derivatives as finite differences of the gradient grids: H[:, i, j] = d g_i / d x_j."""
-    return grid_gradient(sdf_gradient, spacing_m)
+    return grid_gradient(sdf_gradient, spacing_m, boundary)
 
 
 def ground_sdf(points_m: Float[Tensor, "*batch 3"], ground_z_m: float) -> Float[Tensor, "*batch"]:
@@ -119,15 +132,17 @@ class FieldGrid:
     """The decoded field of B input samples, the object the renderer and the losses read.
 
     Channel layout of `values`: 0 = SDF in metres (prior included), then `rgb_channels` raw colour
-    channels (0 or 3), then `semantic_channels` logits (0 or 18).
+    channels (0 or 3), then `semantic_channels` logits (0, 18 or 21).
     """
 
     values: Float[Tensor, "B K X Y Z"]
     range_m: Tuple[float, float, float, float, float, float]
     rgb_channels: int
     semantic_channels: int
-    rgb_activation: Literal["relu", "sigmoid"] = "relu"
+    rgb_activation: RgbActivation = "relu"
     _gradient: Optional[Tensor] = field(default=None, repr=False)
+    fd_boundary: FdBoundary = "one_sided"
+    """Finite differences on the grid's faces (`grid_gradient`)."""
 
     @property
     def sdf(self) -> Float[Tensor, "B 1 X Y Z"]:
@@ -148,12 +163,12 @@ class FieldGrid:
     def sdf_gradient(self) -> Float[Tensor, "B 3 X Y Z"]:
         """Finite-difference SDF gradient grid (computed once, then cached with its graph)."""
         if self._gradient is None:
-            self._gradient = sdf_gradient_grid(self.sdf, self.spacing_m)
+            self._gradient = sdf_gradient_grid(self.sdf, self.spacing_m, self.fd_boundary)
         return self._gradient
 
     def sdf_hessian(self) -> Float[Tensor, "B 3 3 X Y Z"]:
         """3x3 Hessian at every grid point (for the hessian loss over the whole grid)."""
-        return sdf_hessian_grid(self.sdf_gradient(), self.spacing_m)
+        return sdf_hessian_grid(self.sdf_gradient(), self.spacing_m, self.fd_boundary)
 
     def select(self, index: int) -> "FieldGrid":
         """The grid of one batch item (B = 1), sharing storage."""
@@ -165,6 +180,7 @@ class FieldGrid:
             self.semantic_channels,
             self.rgb_activation,
             gradient,
+            self.fd_boundary,
         )
 
 
@@ -174,10 +190,21 @@ class FieldSamples:
 
     sdf: Float[Tensor, "B R 1"]
     rgb: Optional[Float[Tensor, "B R 3"]] = None
-    """Activated colour (relu or sigmoid), None without a colour head."""
+    """Activated colour (`activate_rgb`), None without a colour head."""
     semantic_logits: Optional[Float[Tensor, "B R S"]] = None
     sdf_gradient: Optional[Float[Tensor, "B R 3"]] = None
     """Trilinear read of the finite-difference gradient grid (when asked for)."""
+
+
+def activate_rgb(raw: Tensor, activation: RgbActivation) -> Tensor:
+    """Colour from sampled raw channels: relu(f), sigmoid(f), or the official SH degree 0 relu(C0 f + 0.5)."""
+    if activation == "relu":
+        return torch.relu(raw)
+    if activation == "sigmoid":
+        return torch.sigmoid(raw)
+    if activation == "sh0":
+        return torch.relu(SH_C0 * raw + 0.5)
+    raise ValueError(f"unknown rgb_activation {activation!r}; expected 'relu', 'sigmoid' or 'sh0'")
 
 
 def query_field(
@@ -194,9 +221,7 @@ def query_field(
     # One split (not four slices): its backward is a single cat instead of four zero-filled full grads.
     sizes = [1, grid.rgb_channels, grid.semantic_channels, 3 if with_gradient else 0]
     sdf, raw_rgb, logits, gradient = torch.split(sampled, sizes, dim=-1)
-    rgb = None
-    if grid.rgb_channels:
-        rgb = torch.relu(raw_rgb) if grid.rgb_activation == "relu" else torch.sigmoid(raw_rgb)
+    rgb = activate_rgb(raw_rgb, grid.rgb_activation) if grid.rgb_channels else None
     return FieldSamples(
         sdf=sdf,
         rgb=rgb,

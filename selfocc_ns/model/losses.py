@@ -13,7 +13,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from selfocc_ns.data.occ3d import IGNORE_ID
-from selfocc_ns.model.rays import inside_image, project_points, sample_images_at_px
+from selfocc_ns.model.rays import ImageRead, inside_image, project_points, sample_images_at_px
 from selfocc_ns.model.ssim import lattice_to_nchw, photometric_error, ssim
 
 __all__ = [
@@ -33,6 +33,7 @@ def _warp_sources(
     source_images: Float[Tensor, "B V N 3 H W"],
     source_intrinsics: Float[Tensor, "B V N 3 3"],
     source_cam2ego: Float[Tensor, "B V N 4 4"],
+    image_read: ImageRead = "pixel_centre",
 ) -> Tuple[Float[Tensor, "V B N h w S 3"], Float[Tensor, "V B N h w S"]]:
     """Colour of every ray sample in every source image, and whether it lands inside that image."""
     b, n, h, w, s = sample_points_m.shape[:5]
@@ -41,7 +42,7 @@ def _warp_sources(
     colours, valid = [], []
     for v in range(source_images.shape[1]):
         pixels, depth = project_points(points, source_intrinsics[:, v], source_cam2ego[:, v])
-        rgb = sample_images_at_px(source_images[:, v].flatten(0, 1), pixels.flatten(0, 1))
+        rgb = sample_images_at_px(source_images[:, v].flatten(0, 1), pixels.flatten(0, 1), image_read)
         colours.append(rgb.reshape(b, n, h, w, s, -1))
         valid.append(((depth > 0) & inside_image(pixels, image_hw)).reshape(b, n, h, w, s))  # type: ignore[arg-type]
     return torch.stack(colours), torch.stack(valid)
@@ -58,6 +59,7 @@ def reprojection_loss(
     automask: bool = True,
     no_source_loss: float = 1e3,
     ssim_weight: float = 0.85,
+    image_read: ImageRead = "pixel_centre",
 ) -> Tuple[Tensor, Dict[str, Tensor]]:
     """SelfOcc's "MVS-embedded" reprojection loss (official ReprojLossMonoMultiNewCombine).
 
@@ -73,10 +75,12 @@ def reprojection_loss(
     Reduction: mean over all rays of all cameras and batch items (= official mean per camera, averaged
     over cameras, since every camera has h x w rays).
 
+    Source images are read as `image_read` says (`rays.sample_images_at_px`).
+
     Returns the loss and diagnostics: `automasked_fraction` (an identity error strictly below the
     warped one), `no_source_fraction`, `warped_error` (mean combined error over rays with a source).
     """
-    colours, valid = _warp_sources(sample_points_m, source_images, source_intrinsics, source_cam2ego)
+    colours, valid = _warp_sources(sample_points_m, source_images, source_intrinsics, source_cam2ego, image_read)
     valid_f = valid.to(weights.dtype)
     count = valid_f.sum(0)  # B N h w S
     lands = count > 0
@@ -102,7 +106,9 @@ def reprojection_loss(
         target_nchw = lattice_to_nchw(target_rgb)
         identity = []
         for v in range(source_images.shape[1]):
-            unwarped = sample_images_at_px(source_images[:, v].flatten(0, 1), lattice_px.reshape(b * n, h * w, 2))
+            unwarped = sample_images_at_px(
+                source_images[:, v].flatten(0, 1), lattice_px.reshape(b * n, h * w, 2), image_read
+            )
             unwarped_nchw = unwarped.reshape(b * n, h, w, -1).permute(0, 3, 1, 2)
             identity.append(photometric_error(unwarped_nchw, target_nchw, ssim_weight).reshape(b, n, h, w))
         best_identity = torch.stack(identity).amin(0)
@@ -157,15 +163,17 @@ def edge_aware_smoothness(
 ) -> Tensor:
     """Monodepth2 get_smooth_loss on the lattice depth map, per image normalised by its mean.
 
-    `of="disparity"` (mean-normalised disparity 1 / depth, as Monodepth2) or `"depth"`
-    (what the official EdgeLoss3DMS code feeds: depth / mean depth). |d x-gradient| exp(-|image
+    `of="disparity"` (mean-normalised disparity 1 / depth, as Monodepth2, eps 1e-7) or `"depth"`
+    (what the official EdgeLoss3DMS code feeds: depth / (mean depth + 1e-6)). |d x-gradient| exp(-|image
     x-gradient|) mean + the same along y, means over all images (Monodepth2 reduction).
     """
     if depth_m.dim() == 5:
         depth_m = depth_m[..., 0]
+    if of not in ("disparity", "depth"):
+        raise ValueError(f"unknown smoothness signal {of!r}; expected 'disparity' or 'depth'")
     signal = 1.0 / depth_m.clamp_min(1e-3) if of == "disparity" else depth_m
     signal = signal.flatten(0, 1)[:, None]  # BN 1 h w
-    signal = signal / (signal.mean((2, 3), keepdim=True) + 1e-7)
+    signal = signal / (signal.mean((2, 3), keepdim=True) + (1e-7 if of == "disparity" else 1e-6))
     img = lattice_to_nchw(image)
     grad_x = (signal[..., :, :-1] - signal[..., :, 1:]).abs()
     grad_y = (signal[..., :-1, :] - signal[..., 1:, :]).abs()

@@ -4,7 +4,8 @@ Pixel convention (used everywhere in this package): continuous pixel coordinates
 image width and v along the height; pixel (i, j) (row i, column j) covers [j, j+1) x [i, i+1) and its
 centre is at (u, v) = (j + 0.5, i + 0.5). Intrinsics map camera points to these coordinates
 (u = fx x / z + cx). Images are read with `grid_sample(align_corners=False)` at x_n = 2 u / W - 1, which
-is the same convention, so a lattice point on a pixel centre reads that pixel exactly.
+is the same convention, so a lattice point on a pixel centre reads that pixel exactly. The official losses
+read with `align_corners=True` at the same x_n, i.e. at pixel index u (W - 1) / W (`image_read="official"`).
 
 Cameras are OpenCV (x right, y down, z forward); `cam2ego` maps camera to ego coordinates (metres).
 """
@@ -12,12 +13,16 @@ Cameras are OpenCV (x right, y down, z forward); `cam2ego` maps camera to ego co
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Literal, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+
+
+ImageRead = Literal["pixel_centre", "official"]
+Jitter = Literal["per_edge", "per_ray"]
 
 
 def uniform_noise(shape: Sequence[int], generator: Optional[torch.Generator], device: torch.device) -> Tensor:
@@ -52,7 +57,7 @@ def eval_lattice_hw(image_hw: Tuple[int, int], fraction: float = 0.5) -> Tuple[i
 
 
 def _cellular_axis(
-    length_px: int, count: int, noise: Tensor, snap_to_pixels: bool
+    length_px: int, count: int, noise: Tensor, snap_to_pixels: bool, cell_centres: bool = True
 ) -> Float[Tensor, "count"]:
     if length_px < count:
         raise ValueError(f"image axis of {length_px} px cannot hold a lattice of {count} rays")
@@ -65,7 +70,7 @@ def _cellular_axis(
         return offset + torch.arange(count, dtype=torch.float32) * stride + 0.5
     stride = 1.0 + float(noise[0]) * (max_stride - 1.0)
     offset = float(noise[1]) * (length_px - count * stride)
-    return offset + (torch.arange(count, dtype=torch.float32) + 0.5) * stride
+    return offset + (torch.arange(count, dtype=torch.float32) + (0.5 if cell_centres else 0.0)) * stride
 
 
 def cellular_lattice_px(
@@ -74,16 +79,18 @@ def cellular_lattice_px(
     generator: Optional[torch.Generator] = None,
     snap_to_pixels: bool = False,
     device: torch.device | str = "cpu",
+    cell_centres: bool = True,
 ) -> Float[Tensor, "h w 2"]:
     """Training lattice: h x w rays with a random stride and offset per axis (official 'cellular').
 
     The stride is uniform in [1, H / h] (per axis), the offset uniform in [0, H - h * stride], and ray k
-    sits at offset + (k + 0.5) * stride, so the lattice stays a regular (SSIM-able) image inside the
-    image. With `snap_to_pixels` stride and offset are integers and rays sit on pixel centres.
+    sits at offset + (k + 0.5) * stride (`cell_centres`; the official ray sampler uses offset + k * stride),
+    so the lattice stays a regular (SSIM-able) image inside the image. With `snap_to_pixels` stride and
+    offset are integers and rays sit on pixel centres.
     """
     noise = uniform_noise((4,), generator, torch.device("cpu"))
-    us = _cellular_axis(image_hw[1], lattice_hw[1], noise[:2], snap_to_pixels)
-    vs = _cellular_axis(image_hw[0], lattice_hw[0], noise[2:], snap_to_pixels)
+    us = _cellular_axis(image_hw[1], lattice_hw[1], noise[:2], snap_to_pixels, cell_centres)
+    vs = _cellular_axis(image_hw[0], lattice_hw[0], noise[2:], snap_to_pixels, cell_centres)
     return torch.stack(torch.meshgrid(us, vs, indexing="xy"), dim=-1).to(device)
 
 
@@ -166,29 +173,59 @@ def intersect_aabb(
     return intersect(origins, directions, range_m, near_m)
 
 
+def interval_edges(
+    near_m: Float[Tensor, "*rays"],
+    far_m: Float[Tensor, "*rays"],
+    num_samples: int,
+    generator: Optional[torch.Generator] = None,
+    jitter: bool = True,
+    jitter_mode: Jitter = "per_edge",
+) -> Float[Tensor, "*rays S+1"]:
+    """The S + 1 edges (metres along the ray) of num_samples intervals between near and far.
+
+    Uniform edges b_k = k / S without `jitter`. With it, "per_edge": every inner edge moves uniformly within
+    half a bin on either side, independently, and the ends stay at near and far (the samples always cover the
+    whole box); "per_ray" (the official NeuSSampler, nerfstudio's UniformSampler with single_jitter): one
+    t ~ U[0, 1) per ray moves every edge between the neighbouring bin centres, b_0 = t / (2 S),
+    b_k = (k - 0.5 + t) / S, b_S = (S - 0.5 + t / 2) / S.
+    """
+    edges = torch.linspace(0.0, 1.0, num_samples + 1, device=near_m.device, dtype=near_m.dtype)
+    edges = edges.expand(*near_m.shape, num_samples + 1)
+    if jitter and jitter_mode == "per_ray":
+        centres = 0.5 * (edges[..., 1:] + edges[..., :-1])
+        lower = torch.cat([edges[..., :1], centres], dim=-1)
+        upper = torch.cat([centres, edges[..., -1:]], dim=-1)
+        noise = uniform_noise((*near_m.shape, 1), generator, near_m.device).to(edges.dtype)
+        edges = lower + (upper - lower) * noise
+    elif jitter and jitter_mode == "per_edge":
+        if num_samples > 1:
+            half_bin = 0.5 / num_samples
+            inner = edges[..., 1:-1]
+            noise = uniform_noise(inner.shape, generator, near_m.device).to(edges.dtype)
+            inner = inner + (2.0 * noise - 1.0) * half_bin
+            edges = torch.cat([edges[..., :1], inner, edges[..., -1:]], dim=-1)
+    elif jitter:
+        raise ValueError(f"unknown jitter {jitter_mode!r}; expected 'per_edge' or 'per_ray'")
+    return near_m[..., None] + (far_m - near_m)[..., None] * edges
+
+
 def stratified_samples(
     near_m: Float[Tensor, "*rays"],
     far_m: Float[Tensor, "*rays"],
     num_samples: int,
     generator: Optional[torch.Generator] = None,
     jitter: bool = True,
+    jitter_mode: Jitter = "per_edge",
 ) -> Tuple[Float[Tensor, "*rays S"], Float[Tensor, "*rays S"]]:
-    """num_samples intervals between near and far: midpoints t and lengths delta (metres along the ray).
+    """num_samples intervals between near and far: midpoints t and lengths delta (metres along the ray);
+    the edges are `interval_edges`."""
+    return midpoints_and_deltas(interval_edges(near_m, far_m, num_samples, generator, jitter, jitter_mode))
 
-    The S + 1 interval edges are uniform; with `jitter` every inner edge moves uniformly within half a
-    bin on either side (as nerfstudio's stratified UniformSampler, which the official NeuSSampler uses),
-    while the first and last edges stay at near and far (nerfstudio lets them move inwards too; keeping
-    them means the samples always cover the whole box).
-    """
-    edges = torch.linspace(0.0, 1.0, num_samples + 1, device=near_m.device, dtype=near_m.dtype)
-    edges = edges.expand(*near_m.shape, num_samples + 1)
-    if jitter and num_samples > 1:
-        half_bin = 0.5 / num_samples
-        inner = edges[..., 1:-1]
-        noise = uniform_noise(inner.shape, generator, near_m.device).to(edges.dtype)
-        inner = inner + (2.0 * noise - 1.0) * half_bin
-        edges = torch.cat([edges[..., :1], inner, edges[..., -1:]], dim=-1)
-    edges_m = near_m[..., None] + (far_m - near_m)[..., None] * edges
+
+def midpoints_and_deltas(
+    edges_m: Float[Tensor, "*rays S+1"],
+) -> Tuple[Float[Tensor, "*rays S"], Float[Tensor, "*rays S"]]:
+    """Interval midpoints and lengths from interval edges."""
     return 0.5 * (edges_m[..., 1:] + edges_m[..., :-1]), edges_m[..., 1:] - edges_m[..., :-1]
 
 
@@ -218,23 +255,34 @@ def inside_image(pixels_px: Float[Tensor, "*batch 2"], image_hw: Tuple[int, int]
 
 
 def sample_images_at_px(
-    images: Float[Tensor, "M C H W"], pixels_px: Float[Tensor, "M P 2"]
+    images: Float[Tensor, "M C H W"], pixels_px: Float[Tensor, "M P 2"], read: ImageRead = "pixel_centre"
 ) -> Float[Tensor, "M P C"]:
-    """Bilinear read of images at continuous pixel coordinates (border padding outside)."""
+    """Bilinear read of images at continuous pixel coordinates (border padding outside).
+
+    "pixel_centre": at pixel index u - 0.5 (align_corners=False, this module's convention); "official": at
+    index u (W - 1) / W (align_corners=True at the same 2 u / W - 1, as every official loss reads).
+    """
+    if read not in ("pixel_centre", "official"):
+        raise ValueError(f"unknown image read {read!r}; expected 'pixel_centre' or 'official'")
     height, width = images.shape[-2:]
     scale = torch.tensor([2.0 / width, 2.0 / height], dtype=images.dtype, device=images.device)
     grid = (pixels_px.to(images.dtype) * scale - 1.0)[:, :, None, :]  # M P 1 2
-    sampled = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    sampled = F.grid_sample(
+        images, grid, mode="bilinear", padding_mode="border", align_corners=read == "official"
+    )
     return sampled[..., 0].transpose(1, 2)
 
 
 def lattice_colours(
-    images: Float[Tensor, "B N C H W"], lattice_px: Float[Tensor, "B N h w 2"]
+    images: Float[Tensor, "B N C H W"], lattice_px: Float[Tensor, "B N h w 2"], read: ImageRead = "pixel_centre"
 ) -> Float[Tensor, "B N h w C"]:
-    """Images read at their cameras' lattice points (targets for RGB / reprojection losses)."""
+    """Images read at their cameras' lattice points (targets for RGB / reprojection losses).
+
+    Lattice points lie inside the image, so the official RGB loss's zero padding and the reprojection
+    loss's border padding read the same values there."""
     b, n, c = images.shape[:3]
     h, w = lattice_px.shape[2:4]
-    sampled = sample_images_at_px(images.flatten(0, 1), lattice_px.reshape(b * n, h * w, 2))
+    sampled = sample_images_at_px(images.flatten(0, 1), lattice_px.reshape(b * n, h * w, 2), read)
     return sampled.reshape(b, n, h, w, c)
 
 

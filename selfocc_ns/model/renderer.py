@@ -9,6 +9,13 @@ Depth is the expected distance sum(w t) / sum(w) (nerfstudio's 'expected' DepthR
 official code normalise by the accumulation), clipped to the sampled interval, then converted to
 camera z-depth (what LiDAR projections measure). `accumulation` is returned beside it.
 
+Official conventions (flags of `SelfOccRendererConfig`, on in the presets named after official configs):
+the field is read at the interval *start* (`sdf_read_at`); training jitter is one draw per ray moving every
+edge (`jitter`); T_i = prod (1 - alpha_j + 1e-4) (`transmittance_eps`); the expected depth is clipped to the
+smallest and largest midpoint of the whole render call (`depth_clip`, so the official value depends on its
+chunk size); NeuS' cos_anneal_ratio grows as min(1, step / 5000) in training (`cos_anneal_steps`); one
+training lattice is shared by all cameras at u_k = e + k s (`train_lattice`).
+
 Shapes: B batch items (input keyframes), R rays per item, S samples per ray; camera renders reshape R
 to N x h x w.
 """
@@ -26,7 +33,15 @@ from torch import Tensor, nn
 from nerfstudio.configs.base_config import InstantiateConfig
 from selfocc_ns.model.compositing import accumulate, composite_weights
 from selfocc_ns.model.field import FieldGrid, query_field
-from selfocc_ns.model.rays import cellular_lattice_px, intersect_aabb, lattice_rays, stratified_samples, uniform_noise
+from selfocc_ns.model.rays import (
+    Jitter,
+    cellular_lattice_px,
+    interval_edges,
+    intersect_aabb,
+    lattice_rays,
+    midpoints_and_deltas,
+    uniform_noise,
+)
 
 Background = Union[Literal["random", "black", "white"], Tensor]
 
@@ -34,11 +49,13 @@ Background = Union[Literal["random", "black", "white"], Tensor]
 class NeuSAlpha(nn.Module):
     """NeuS opacity from SDF samples with a learnable sharpness inv_s = exp(10 * variance).
 
-    As sdfstudio's NeuS with cos_anneal_ratio = 1 (the official setting): iter_cos = -relu(-d . grad),
-    section SDFs sdf -+ iter_cos * delta / 2, alpha = clip((sig(prev s) - sig(next s) + 1e-5) /
-    (sig(prev s) + 1e-5), 0, 1). One deliberate difference: the SDF is read at the interval *midpoint*
-    (original NeuS) instead of sdfstudio's interval start, so the section [start, end] is centred on
-    the sample and the expected depth of a plane is unbiased (sdfstudio's choice shifts it by delta/2).
+    As sdfstudio's NeuS: with cos_anneal_ratio r, iter_cos = -(relu(0.5 - 0.5 cos) (1 - r) + relu(-cos) r)
+    (r = 1: -relu(-d . grad)), section SDFs sdf -+ iter_cos * delta / 2, alpha = clip((sig(prev s) -
+    sig(next s) + 1e-5) / (sig(prev s) + 1e-5), 0, 1). The official code grows r from 0 to 1 over the first
+    5000 training steps (`SelfOccRendererConfig.cos_anneal_steps`) and uses 1 at eval. By default the SDF is
+    read at the interval *midpoint* (original NeuS) instead of sdfstudio's interval start, so the section
+    [start, end] is centred on the sample and the expected depth of a plane is unbiased (sdfstudio's choice,
+    `sdf_read_at="start"`, shifts it by delta/2).
     """
 
     def __init__(self, variance_init: float = 0.1) -> None:
@@ -55,10 +72,13 @@ class NeuSAlpha(nn.Module):
         sdf_gradient: Float[Tensor, "*rays S 3"],
         directions: Float[Tensor, "*rays 3"],
         deltas_m: Float[Tensor, "*rays S"],
+        cos_anneal_ratio: float = 1.0,
     ) -> Float[Tensor, "*rays S"]:
         inv_s = self.inv_s()
         true_cos = (directions[..., None, :] * sdf_gradient).sum(-1)
         iter_cos = -F.relu(-true_cos)  # always <= 0: only surfaces the ray enters contribute
+        if cos_anneal_ratio != 1.0:
+            iter_cos = -(F.relu(0.5 - 0.5 * true_cos) * (1.0 - cos_anneal_ratio) + F.relu(-true_cos) * cos_anneal_ratio)
         prev_cdf = torch.sigmoid((sdf - iter_cos * deltas_m * 0.5) * inv_s)
         next_cdf = torch.sigmoid((sdf + iter_cos * deltas_m * 0.5) * inv_s)
         return ((prev_cdf - next_cdf + 1e-5) / (prev_cdf + 1e-5)).clip(0.0, 1.0)
@@ -119,6 +139,20 @@ def background_colour(
     raise ValueError(f"unknown background {background!r}")
 
 
+def clip_ray_distance(
+    ray_distance: Float[Tensor, "B R 1"], t_m: Float[Tensor, "B R S"], mode: Literal["per_ray", "global"]
+) -> Float[Tensor, "B R 1"]:
+    """Clip expected distances to the sampled midpoints: each ray's own [t_0, t_S-1] ("per_ray"), or the smallest
+    and largest midpoint of all rays of the batch item ("global": the official clip over a render call)."""
+    if mode == "global":
+        lowest, highest = t_m.amin(dim=(1, 2))[:, None, None], t_m.amax(dim=(1, 2))[:, None, None]
+    elif mode == "per_ray":
+        lowest, highest = t_m[..., :1], t_m[..., -1:]
+    else:
+        raise ValueError(f"unknown depth_clip {mode!r}; expected 'per_ray' or 'global'")
+    return torch.minimum(torch.maximum(ray_distance, lowest), highest)
+
+
 @dataclass
 class SelfOccRendererConfig(InstantiateConfig):
     """Ray lattices, sampling and NeuS compositing."""
@@ -144,6 +178,18 @@ class SelfOccRendererConfig(InstantiateConfig):
     """Rays per chunk in `render_cameras_chunked` (memory is flat in the lattice size)."""
     compositing: Literal["auto", "dense", "packed"] = "auto"
     """nerfacc path: dense on CPU, packed (ray_indices) on CUDA when 'auto'. Packed weights need CUDA."""
+    sdf_read_at: Literal["midpoint", "start"] = "midpoint"
+    """Where SDF, gradient, colour and semantics are read in each interval (official: its start)."""
+    jitter: Jitter = "per_edge"
+    """Training jitter: each inner edge within its half bins, ends fixed; or official one draw per ray ('per_ray')."""
+    transmittance_eps: float = 0.0
+    """T_i = prod_{j<i} (1 - alpha_j + eps) (official 1e-4; 0 is the exact transmittance)."""
+    depth_clip: Literal["per_ray", "global"] = "per_ray"
+    """Clip the expected depth to its ray's sampled interval, or (official) to all midpoints of the render call."""
+    cos_anneal_steps: int = 0
+    """NeuS cos_anneal_ratio = min(1, step / this) in training, 1 at eval; 0 keeps it at 1 (official 5000)."""
+    train_lattice: Literal["per_camera", "official_shared"] = "per_camera"
+    """Training rays: a lattice per camera at cell centres, or (official) one shared by all cameras at e + k s."""
 
 
 class SelfOccRenderer(nn.Module):
@@ -162,8 +208,33 @@ class SelfOccRenderer(nn.Module):
         self, image_hw: Tuple[int, int], generator: Optional[torch.Generator] = None, device: torch.device | str = "cpu"
     ) -> Float[Tensor, "h w 2"]:
         return cellular_lattice_px(
-            image_hw, self.config.train_lattice_hw, generator, self.config.snap_lattice_to_pixels, device
+            image_hw, self.config.train_lattice_hw, generator, self.config.snap_lattice_to_pixels, device,
+            cell_centres=self.config.train_lattice == "per_camera",
         )
+
+    def train_lattices(
+        self, batch: int, cameras: int, image_hw: Tuple[int, int], generator: Optional[torch.Generator] = None,
+        device: torch.device | str = "cpu",
+    ) -> Float[Tensor, "B N h w 2"]:
+        """The training lattices of a batch: one per camera ("per_camera") or one per batch item shared by its
+        cameras ("official_shared")."""
+        if self.config.train_lattice == "official_shared":
+            shared = [self.train_lattice_px(image_hw, generator, device) for _ in range(batch)]
+            return torch.stack([lattice.expand(cameras, *lattice.shape) for lattice in shared])
+        if self.config.train_lattice != "per_camera":
+            raise ValueError(f"unknown train_lattice {self.config.train_lattice!r}")
+        return torch.stack([
+            torch.stack([self.train_lattice_px(image_hw, generator, device) for _ in range(cameras)])
+            for _ in range(batch)
+        ])
+
+    def cos_anneal_ratio(self, step: Optional[int]) -> float:
+        """NeuS cos_anneal_ratio of a render: min(1, step / cos_anneal_steps) in training (1 when no step or
+        steps are given), 1 at eval (as a freshly loaded official model)."""
+        steps = self.config.cos_anneal_steps
+        if steps <= 0 or step is None or not self.training:
+            return 1.0
+        return min(1.0, step / steps)
 
     def _packed(self, device: torch.device) -> bool:
         if self.config.compositing == "auto":
@@ -181,34 +252,42 @@ class SelfOccRenderer(nn.Module):
         generator: Optional[torch.Generator] = None,
         background: Optional[Background] = None,
         per_sample_outputs: bool = True,
+        step: Optional[int] = None,
     ) -> RenderOutputs:
         """Render unit-direction rays of each batch item through that item's grid.
 
         Jitter and the background follow `self.training` (train: jittered, random background from
         `generator`; eval: fixed samples, `eval_background`) unless `background` is given.
-        `z_per_distance` converts distance to camera depth (1 when None: depth = distance).
+        `z_per_distance` converts distance to camera depth (1 when None: depth = distance). `step` (the
+        training step) sets the NeuS cos_anneal_ratio (`cos_anneal_ratio`).
         """
+        cfg = self.config
         batch, num_rays = origins.shape[:2]
         device = origins.device
-        near, far, hit = intersect_aabb(
-            origins.reshape(-1, 3), directions.reshape(-1, 3), grid.range_m, self.config.near_m
-        )
+        near, far, hit = intersect_aabb(origins.reshape(-1, 3), directions.reshape(-1, 3), grid.range_m, cfg.near_m)
         near, far, hit = near.view(batch, num_rays), far.view(batch, num_rays), hit.view(batch, num_rays)
-        t_m, deltas_m = stratified_samples(near, far, self.config.num_samples, generator, jitter=self.training)
+        edges_m = interval_edges(near, far, cfg.num_samples, generator, jitter=self.training, jitter_mode=cfg.jitter)
+        t_m, deltas_m = midpoints_and_deltas(edges_m)
         points_m = origins[:, :, None, :] + directions[:, :, None, :] * t_m[..., None]  # B R S 3
+        if cfg.sdf_read_at == "start":
+            read_m = origins[:, :, None, :] + directions[:, :, None, :] * edges_m[..., :-1, None]
+        elif cfg.sdf_read_at == "midpoint":
+            read_m = points_m
+        else:
+            raise ValueError(f"unknown sdf_read_at {cfg.sdf_read_at!r}; expected 'midpoint' or 'start'")
 
-        samples = query_field(grid, points_m.reshape(batch, -1, 3), with_gradient=True)
-        per_sample = (batch, num_rays, self.config.num_samples)
+        samples = query_field(grid, read_m.reshape(batch, -1, 3), with_gradient=True)
+        per_sample = (batch, num_rays, cfg.num_samples)
         sdf = samples.sdf.reshape(per_sample)
         sdf_gradient = samples.sdf_gradient.reshape(*per_sample, 3)  # type: ignore[union-attr]
 
         # Missed rays have zero-length intervals whose alpha would be 1 inside solid: switch them off.
-        alphas = self.neus_alpha(sdf, sdf_gradient, directions, deltas_m) * hit[..., None]
+        alphas = self.neus_alpha(sdf, sdf_gradient, directions, deltas_m, self.cos_anneal_ratio(step)) * hit[..., None]
         packed = self._packed(device)
-        weights = composite_weights(alphas, packed)
+        weights = composite_weights(alphas, packed, cfg.transmittance_eps)
         accumulation = accumulate(weights, None, packed)
         ray_distance = accumulate(weights, t_m[..., None], packed) / (accumulation + 1e-10)
-        ray_distance = torch.minimum(torch.maximum(ray_distance, t_m[..., :1]), t_m[..., -1:])
+        ray_distance = clip_ray_distance(ray_distance, t_m, cfg.depth_clip)
         depth = ray_distance if z_per_distance is None else ray_distance * z_per_distance
 
         rgb = None
@@ -238,13 +317,15 @@ class SelfOccRenderer(nn.Module):
         generator: Optional[torch.Generator] = None,
         background: Optional[Background] = None,
         per_sample_outputs: bool = True,
+        step: Optional[int] = None,
     ) -> RenderOutputs:
         """Render every camera's lattice in one go (training path: autograd through everything).
 
         Outputs have leading dims [B, N, h, w].
         """
         origins, directions, z_per_distance = lattice_rays(lattice_px, intrinsics, cam2ego)
-        outputs = self.render_rays(grid, origins, directions, z_per_distance, generator, background, per_sample_outputs)
+        outputs = self.render_rays(grid, origins, directions, z_per_distance, generator, background,
+                                   per_sample_outputs, step)
         return outputs.reshape_rays(lattice_px.shape[:4])
 
     @torch.no_grad()

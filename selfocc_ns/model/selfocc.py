@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ from selfocc_ns.model.field import SelfOccFieldConfig
 from selfocc_ns.model.field_grid import FieldGrid
 from selfocc_ns.model.planes import SceneGrid
 from selfocc_ns.model.renderer import RenderOutputs, SelfOccRendererConfig
-from selfocc_ns.model.rays import eval_lattice_hw, fixed_lattice_px, lattice_colours, lattice_labels
+from selfocc_ns.model.rays import ImageRead, eval_lattice_hw, fixed_lattice_px, lattice_colours, lattice_labels
 from selfocc_ns.model.tpv import TPVEncoderConfig
 
 CameraRenderHook = Callable[[Cameras], Dict[str, Tensor]]
@@ -68,7 +68,11 @@ class SelfOccModelConfig(ModelConfig):
     hessian_loss_weight: float = 0.01
     """Mean |Hessian| over the grid (official 0.01 for occ and novel depth)."""
     smoothness_loss_weight: float = 0.0
-    """Edge-aware smoothness of mean-normalised disparity (official 0.01 for the depth preset)."""
+    """Edge-aware smoothness of the mean-normalised `smoothness_of` map (official 0.01 for the depth preset)."""
+    smoothness_of: Literal["disparity", "depth"] = "disparity"
+    """What the smoothness loss smooths: disparity (Monodepth2), or official depth / (mean depth + 1e-6)."""
+    image_read: ImageRead = "pixel_centre"
+    """Loss images read at pixel index u - 0.5 (pixel centres), or official u (W - 1) / W (align_corners=True)."""
     semantic_loss_weight: float = 0.1
     """Cross-entropy of volume-rendered class probabilities vs 2D labels (official 0.1; needs labels)."""
     semantic_label_space: SemanticLabelSpace = "occ3d"
@@ -165,17 +169,15 @@ class SelfOccModel(Model):
         b, n = batch.anchor_images.shape[:2]
         image_hw = tuple(batch.anchor_images.shape[-2:])
         device = batch.anchor_images.device
-        lattice = torch.stack(
-            [torch.stack([self.renderer.train_lattice_px(image_hw, generator, device) for _ in range(n)]) for _ in range(b)]
-        )
+        lattice = self.renderer.train_lattices(b, n, image_hw, generator, device)
         render = self.renderer.render_cameras(
-            grid, lattice, batch.anchor_intrinsics, batch.anchor_cam2ego, generator=generator
+            grid, lattice, batch.anchor_intrinsics, batch.anchor_cam2ego, generator=generator, step=int(batch.step)
         )
         outputs: Dict[str, Any] = {
             "grid": grid,
             "render": render,
             "lattice_px": lattice,
-            "target_rgb": lattice_colours(batch.anchor_images, lattice),
+            "target_rgb": lattice_colours(batch.anchor_images, lattice, self.config.image_read),
             "depth": render.depth,
             "accumulation": render.accumulation,
         }
@@ -207,6 +209,7 @@ class SelfOccModel(Model):
             reproj, diagnostics = losses.reprojection_loss(
                 render.points_m, render.weights, target, outputs["lattice_px"],
                 batch.source_images, batch.source_intrinsics, batch.source_cam2ego, automask=cfg.automask,
+                image_read=cfg.image_read,
             )
             loss_dict["reprojection_loss"] = cfg.reprojection_loss_weight * reproj
             if metrics_dict is not None:
@@ -219,7 +222,8 @@ class SelfOccModel(Model):
         if cfg.hessian_loss_weight > 0:
             loss_dict["hessian_loss"] = cfg.hessian_loss_weight * losses.hessian_loss(grid.sdf_hessian())
         if cfg.smoothness_loss_weight > 0:
-            loss_dict["smoothness_loss"] = cfg.smoothness_loss_weight * losses.edge_aware_smoothness(render.depth, target)
+            loss_dict["smoothness_loss"] = cfg.smoothness_loss_weight * losses.edge_aware_smoothness(
+                render.depth, target, cfg.smoothness_of)
         labels = None
         if cfg.semantic_loss_weight > 0 or cfg.sky_free_loss_weight > 0:
             if batch.semantics is None:

@@ -11,9 +11,12 @@ pillar anchor (anchors = points), TPVFormer used 4 along z and 32 along x/y. Che
 preset: the sampled features are heads x levels x points times larger than the queries, and a layer's
 activations are ~0.7 GB.
 
-Differences from the official code, deliberate: reference points on the planes use this project's
-grid-point convention (align_corners=True; the official used i / size with align_corners=False, a
-half-cell shift); anchors behind a camera read zeros instead of a projection divided by eps.
+Conventions (tpv_geometry.py has the formulas): by default the cross-plane reference points sit on the grid
+points (align_corners=True), the positional code is [sin..., cos...] per coordinate, and anchors behind a
+camera read zeros with inclusive image bounds. The official code uses i / n references read with
+align_corners=False (half a cell before the grid point), sin/cos interleaved per frequency, strict image
+bounds and a projection divided by eps behind the camera: `self_attn_reference`, `pe_layout` and
+`image_visibility` select them (on in the presets named after official configs).
 """
 
 from __future__ import annotations
@@ -31,8 +34,12 @@ from selfocc_ns.model.planes import SceneGrid, TPVPlanes
 from selfocc_ns.model.tpv_attention import CrossPlaneSelfAttention, DeformableImageAttention, xavier_linear
 from selfocc_ns.model.tpv_geometry import (
     MISSING_AXIS,
+    ImageVisibility,
+    PeLayout,
+    SelfAttnReference,
     cross_plane_reference_grid,
     fourier_features,
+    official_plane_cells_unit,
     pillar_points_m,
     plane_cells_unit,
     plane_shape,
@@ -73,6 +80,12 @@ class TPVEncoderConfig(InstantiateConfig):
     """Recompute each attention chunk in backward when training (activation checkpointing)."""
     checkpoint_layers: bool = True
     """Also recompute whole encoder layers in backward when training (keeps only each layer's input)."""
+    self_attn_reference: SelfAttnReference = "grid_point"
+    """Cross-plane reference points: on the grid points (index i), or official i / n (index i - 0.5)."""
+    pe_layout: PeLayout = "blocked"
+    """Positional-code columns: [sin.., cos..] per coordinate, or official sin/cos interleaved (official fp32 grid)."""
+    image_visibility: ImageVisibility = "inclusive"
+    """Pillar points seen by a camera: 0 <= u < w, zeros behind; or official strict 0 < u < w, xy / 1e-5 behind."""
 
     def planes(self) -> Tuple[str, ...]:
         return ("xy",) if self.representation == "bev" else ("xy", "xz", "yz")
@@ -85,7 +98,7 @@ class TPVEncoderLayer(nn.Module):
         super().__init__()
         planes = config.planes()
         self.self_attn = CrossPlaneSelfAttention(
-            dim, config.num_heads, len(planes), config.num_points_self, config.dropout
+            dim, config.num_heads, len(planes), config.num_points_self, config.dropout, config.self_attn_reference
         )
         self.cross_attn = nn.ModuleDict(
             {
@@ -158,16 +171,21 @@ class TPVEncoder(nn.Module):
         )
         self.cams_embeds = nn.Parameter(torch.randn(config.num_cams, dim))
         self.level_embeds = nn.Parameter(torch.randn(config.num_levels, dim))
+        cells_unit = official_plane_cells_unit if config.pe_layout == "interleaved" else plane_cells_unit
         for plane in self.plane_names:
-            cells01 = plane_cells_unit(scene.range_m, scene.grid_xyz, plane)
-            self.register_buffer(f"fourier_{plane}", fourier_features(cells01, config.pe_num_freqs), persistent=False)
+            cells01 = cells_unit(scene.range_m, scene.grid_xyz, plane)
+            self.register_buffer(
+                f"fourier_{plane}", fourier_features(cells01, config.pe_num_freqs, config.pe_layout), persistent=False
+            )
             anchors = config.points_in_pillar[MISSING_AXIS[plane]]
             self.register_buffer(
                 f"pillars_{plane}", pillar_points_m(scene.range_m, scene.grid_xyz, plane, anchors), persistent=False
             )
         self.register_buffer(
             "self_references",
-            cross_plane_reference_grid(scene.grid_xyz, self.plane_names, config.num_points_self),
+            cross_plane_reference_grid(
+                scene.grid_xyz, self.plane_names, config.num_points_self, config.self_attn_reference
+            ),
             persistent=False,
         )
         self.layers = nn.ModuleList([TPVEncoderLayer(config, dim) for _ in range(config.num_layers)])
@@ -191,12 +209,15 @@ class TPVEncoder(nn.Module):
     def forward(
         self, feats: List[Float[Tensor, "B N C hl wl"]], ego2img: Float[Tensor, "B N 4 4"], image_hw: Tuple[int, int]
     ) -> TPVPlanes:
-        """``ego2img`` maps homogeneous ego points (metres) to homogeneous pixels of the network-input images
-        of size ``image_hw``: u = p0 / p2, v = p1 / p2; a point is seen when p2 > eps, 0 <= u < w, 0 <= v < h."""
+        """``ego2img`` maps homogeneous ego points (metres) to homogeneous pixels of images of size ``image_hw``:
+        u = p0 / p2, v = p1 / p2 (the network-input images, or any size the matrices refer to, e.g. the official
+        full-resolution lidar2img with img_shape); which points are seen follows `image_visibility`."""
         batch = feats[0].shape[0]
         embedded = self.embed_features(feats)
         anchors = [
-            project_to_images(getattr(self, f"pillars_{plane}"), ego2img.float(), image_hw)
+            project_to_images(
+                getattr(self, f"pillars_{plane}"), ego2img.float(), image_hw, visibility=self.config.image_visibility
+            )
             for plane in self.plane_names
         ]
         queries = torch.cat([self.queries[p] for p in self.plane_names], dim=0)[None].expand(batch, -1, -1)

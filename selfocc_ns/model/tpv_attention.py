@@ -17,6 +17,8 @@ from jaxtyping import Bool, Float
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from selfocc_ns.model.tpv_geometry import SelfAttnReference
+
 
 def sample_levels(
     level_values: Sequence[Float[Tensor, "G Ch hl wl"]],
@@ -192,13 +194,23 @@ class CrossPlaneSelfAttention(nn.Module):
     """Deformable self-attention of all plane queries over all planes (TPVFormer's CrossViewHybridAttention):
     the planes act as levels; a query's reference points on each plane come from its 3D pillar
     (tpv_geometry.cross_plane_reference_grid). The positional code is added to the query that predicts
-    offsets and weights, not to the values; the update is projected and added to the query."""
+    offsets and weights, not to the values; the update is projected and added to the query.
 
-    def __init__(self, dim: int, num_heads: int, num_planes: int, num_points: int, dropout: float) -> None:
+    ``reference`` is the convention of the references it is given: "grid_point" (normalised, grid points,
+    align_corners=True, offsets in cells of 2 / (n - 1)) or "official" (i / n in [0, 1), sampled at
+    2 (ref + offset / n) - 1 with align_corners=False, as mmcv's deformable attention)."""
+
+    def __init__(
+        self, dim: int, num_heads: int, num_planes: int, num_points: int, dropout: float,
+        reference: SelfAttnReference = "grid_point",
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        if reference not in ("grid_point", "official"):
+            raise ValueError(f"unknown self-attention reference convention {reference!r}")
         self.dim, self.num_heads, self.num_planes, self.num_points = dim, num_heads, num_planes, num_points
+        self.reference = reference
         self.value_proj, self.sampling_offsets, self.attention_weights, self.output_proj = deformable_projections(
             dim, num_heads, num_planes, num_points, grow=True
         )
@@ -213,15 +225,20 @@ class CrossPlaneSelfAttention(nn.Module):
         offsets = self.sampling_offsets(queries).view(batch, num_queries, heads, levels, points, 2)
         logits = self.attention_weights(queries).view(batch, num_queries, heads, levels * points)
         weights = logits.softmax(-1).view(batch, num_queries, heads, levels, points)
-        # offsets are in plane cells; planes hold grid points, so a cell is 2 / (n - 1) (align_corners=True).
-        cells_to_norm = torch.tensor(
-            [[2.0 / max(v.shape[-1] - 1, 1), 2.0 / max(v.shape[-2] - 1, 1)] for v in plane_values],
-            dtype=queries.dtype, device=queries.device,
-        )
-        locations = references[None, :, None] + offsets * cells_to_norm[None, None, None, :, None, :]
+        official = self.reference == "official"
+        if official:  # mmcv: location = ref + offset / (cols, rows), grid = 2 location - 1
+            sizes = torch.tensor([[v.shape[-1], v.shape[-2]] for v in plane_values], dtype=queries.dtype,
+                                 device=queries.device)
+            locations = 2.0 * (references[None, :, None] + offsets / sizes[None, None, None, :, None, :]) - 1.0
+        else:  # offsets are in plane cells; planes hold grid points, so a cell is 2 / (n - 1) (align_corners=True)
+            cells_to_norm = torch.tensor(
+                [[2.0 / max(v.shape[-1] - 1, 1), 2.0 / max(v.shape[-2] - 1, 1)] for v in plane_values],
+                dtype=queries.dtype, device=queries.device,
+            )
+            locations = references[None, :, None] + offsets * cells_to_norm[None, None, None, :, None, :]
         locations = locations.transpose(1, 2).reshape(batch * heads, num_queries, levels, points, 2)
         weights = weights.transpose(1, 2).reshape(batch * heads, num_queries, levels, points)
-        sampled = sample_levels(plane_values, locations, weights, align_corners=True)  # B*heads Ch Qc
+        sampled = sample_levels(plane_values, locations, weights, align_corners=not official)  # B*heads Ch Qc
         sampled = sampled.view(batch, heads, self.dim // heads, num_queries)
         return self.output_proj(sampled.permute(0, 3, 1, 2).reshape(batch, num_queries, self.dim))
 
