@@ -10,7 +10,8 @@ of that grid is in `field_grid.py` (re-exported here).
 Geometric prior (`sdf_prior`): an analytic SDF evaluated at the grid points is *added* to the decoded SDF
 channel and the last layer's SDF row starts at zero, so the untrained field is exactly the prior and the
 network learns a residual (a reparametrisation: any SDF is still reachable). `sdf_output_scale_m` > 1 lets
-short runs move surfaces by metres (Adam's steps are scale-free in the output). The 'ground_shell' wall
+short runs move surfaces by metres (Adam's steps are scale-free in the output). 'free' (not official) is
+the constant `free_sdf_m`: the untrained field is empty and every surface has to be asked for by a loss. The 'ground_shell' wall
 only catches rays that reach it before leaving through the top of the box: with the occ range (z_max
 5.4 m) a nuScenes camera (1.6 m high, 19.6 deg half vertical FOV) needs a radius <= ~10 m for its top rows.
 """
@@ -75,7 +76,9 @@ class SelfOccFieldConfig(FieldConfig):
     prior_zero_init: bool = True
     """With a prior: zero the SDF output row so the untrained field is exactly the prior."""
     sdf_prior: SdfPrior = "none"
-    """Analytic SDF added to the decoded SDF: none, ground plane, or ground plane + cylinder wall."""
+    """Analytic SDF added to the decoded SDF: none, ground plane, ground + cylinder wall, or (not official) 'free'."""
+    free_sdf_m: float = 1.0
+    """SDF of the 'free' prior everywhere (metres, positive = free): a free-everywhere start with no geometry."""
     ground_z_m: float = 0.0
     """Height of the prior's ground plane in the ego frame (nuScenes ego origin is on the ground)."""
     shell_radius_m: float = 30.0
@@ -118,7 +121,10 @@ class SelfOccField(Field):
                 self.decoder[-1].bias[0].zero_()
         self.register_buffer(
             "prior_sdf",
-            prior_sdf_grid(config.sdf_prior, scene.range_m, scene.grid_xyz, config.ground_z_m, config.shell_radius_m),
+            prior_sdf_grid(
+                config.sdf_prior, scene.range_m, scene.grid_xyz, config.ground_z_m, config.shell_radius_m,
+                config.free_sdf_m,
+            ),
             persistent=False,
         )
         if bev:

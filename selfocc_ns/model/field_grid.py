@@ -20,7 +20,7 @@ from torch import Tensor
 
 from selfocc_ns.model.planes import grid_points_m, normalise_points
 
-SdfPrior = Literal["none", "ground", "ground_shell"]
+SdfPrior = Literal["none", "ground", "ground_shell", "free"]
 RgbActivation = Literal["relu", "sigmoid", "sh0"]
 FdBoundary = Literal["one_sided", "replicate_half"]
 SH_C0 = 0.28209479177387814
@@ -109,8 +109,9 @@ def prior_sdf_grid(
     grid_xyz: Tuple[int, int, int],
     ground_z_m: float = 0.0,
     shell_radius_m: float = 30.0,
+    free_sdf_m: float = 1.0,
 ) -> Float[Tensor, "X Y Z"]:
-    """The analytic prior SDF at the grid points (zeros for 'none')."""
+    """The analytic prior SDF at the grid points (zeros for 'none', the constant `free_sdf_m` for 'free')."""
     xs, ys, zs = grid_points_m(range_m, grid_xyz)
     points = torch.stack(torch.meshgrid(xs, ys, zs, indexing="ij"), dim=-1)
     if prior == "none":
@@ -119,7 +120,9 @@ def prior_sdf_grid(
         return ground_sdf(points, ground_z_m)
     if prior == "ground_shell":
         return ground_shell_sdf(points, ground_z_m, shell_radius_m)
-    raise ValueError(f"unknown sdf_prior {prior!r}; expected 'none', 'ground' or 'ground_shell'")
+    if prior == "free":
+        return torch.full(grid_xyz, float(free_sdf_m))
+    raise ValueError(f"unknown sdf_prior {prior!r}; expected 'none', 'ground', 'ground_shell' or 'free'")
 
 
 # ----------------------------------------------------------------------------------------------

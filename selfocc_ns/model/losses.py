@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Dict, Literal, Optional, Tuple
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from selfocc_ns.data.occ3d import IGNORE_ID
@@ -25,6 +25,8 @@ __all__ = [
     "edge_aware_smoothness",
     "semantic_ce_loss",
     "soft_sparsity_loss",
+    "sky_free_space_loss",
+    "free_space_loss",
 ]
 
 
@@ -126,10 +128,23 @@ def reprojection_loss(
 
 
 def rgb_loss(
-    rendered_rgb: Float[Tensor, "B N h w 3"], target_rgb: Float[Tensor, "B N h w 3"], ssim_weight: float = 0.85
+    rendered_rgb: Float[Tensor, "B N h w 3"],
+    target_rgb: Float[Tensor, "B N h w 3"],
+    ssim_weight: float = 0.85,
+    ray_mask: Optional[Bool[Tensor, "B N h w"]] = None,
 ) -> Tensor:
-    """Rendered colour vs target on the ray lattice: 0.85 SSIM + 0.15 L1, mean over rays (RGBLossMS)."""
-    return photometric_error(lattice_to_nchw(rendered_rgb), lattice_to_nchw(target_rgb), ssim_weight).mean()
+    """Rendered colour vs target on the ray lattice: 0.85 SSIM + 0.15 L1, mean over rays (RGBLossMS).
+
+    `ray_mask` (not official): the mean runs over the rays where it is true (SSIM windows still read their
+    neighbours); 0 (attached) when it selects none.
+    """
+    error = photometric_error(lattice_to_nchw(rendered_rgb), lattice_to_nchw(target_rgb), ssim_weight)
+    if ray_mask is None:
+        return error.mean()
+    keep = ray_mask.reshape(error.shape)
+    if not keep.any():
+        return error.sum() * 0.0
+    return error[keep].mean()
 
 
 def eikonal_loss(
@@ -219,3 +234,29 @@ def soft_sparsity_loss(sdf: Tensor) -> Tensor:
     asks for matter.
     """
     return torch.relu(-sdf).mean()
+
+
+def seen_through_samples(weights: Float[Tensor, "*rays S"], max_opacity: float) -> Bool[Tensor, "*rays S"]:
+    """Samples a ray still sees through: cumulative render weight, the sample's own included, below `max_opacity`."""
+    return torch.cumsum(weights, dim=-1) < max_opacity
+
+
+def free_space_loss(
+    sdf: Float[Tensor, "*rays S"],
+    weights: Float[Tensor, "*rays S"],
+    max_opacity: float = 0.1,
+    min_sdf_m: float = 0.0,
+) -> Tensor:
+    """mean relu(min_sdf_m - sdf) over the samples the renderer sees through (not in the official code).
+
+    NeuS alpha only counts surfaces a ray *enters* (SDF falling along it): a region of negative SDF that a
+    ray crosses while the SDF rises, or whose surface is too shallow for the current sharpness, costs no
+    rendering loss, and the eikonal term is as content with an inverted field; yet occupancy (SDF <= 0)
+    calls it solid. The samples before the rendered surface (`seen_through_samples` of the detached
+    weights, so the rendered surface itself is not moved) must be free. A field positive (by `min_sdf_m`)
+    in front of every rendered surface scores exactly 0; 0 (attached) when no sample is seen through.
+    """
+    front = seen_through_samples(weights.detach(), max_opacity)
+    if not front.any():
+        return sdf.sum() * 0.0
+    return torch.relu(min_sdf_m - sdf[front]).mean()

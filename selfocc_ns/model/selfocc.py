@@ -82,6 +82,16 @@ class SelfOccModelConfig(ModelConfig):
     sky_free_loss_weight: float = 0.0
     """Not official (0): push the opacity of rays labelled sky (2D labels) to 0, so the sky is no surface in
     the box; sky labels then leave the semantic loss. Needs 2D labels."""
+    sky_free_rgb: bool = False
+    """Not official: with the sky free-space loss, sky rays also leave the RGB loss (its random background asks for opacity)."""
+    free_space_loss_weight: float = 0.0
+    """Not official (0): relu(min_sdf - sdf) at the samples rays see through (`losses.free_space_loss`)."""
+    free_space_max_opacity: float = 0.1
+    """Free-space loss: samples whose cumulative render weight (own included, detached) is below this are seen through."""
+    free_space_min_sdf_m: float = 0.0
+    """Free-space loss: the SDF margin (metres) asked of seen-through samples."""
+    free_space_start_step: int = 0
+    """Free-space loss: the training step it starts at (a warm-up lets the surfaces form first)."""
     seed: int = 42
     """Seed of the per-step ray lattices, jitter and background colours (with step and rank)."""
 
@@ -120,6 +130,9 @@ class SelfOccModel(Model):
             raise ValueError("rgb_loss_weight > 0 needs the colour head (field.use_rgb)")
         if self.config.semantic_loss_weight > 0 and self.config.field.num_semantic_classes == 0:
             raise ValueError("semantic_loss_weight > 0 needs the semantic head (field.num_semantic_classes)")
+        if self.config.sky_free_rgb and self.config.sky_free_loss_weight <= 0:
+            raise ValueError("sky_free_rgb takes the sky rays out of the RGB loss for the sky free-space loss: it "
+                             "needs sky_free_loss_weight > 0")
 
     @property
     def semantic_channels(self) -> int:
@@ -214,8 +227,16 @@ class SelfOccModel(Model):
             loss_dict["reprojection_loss"] = cfg.reprojection_loss_weight * reproj
             if metrics_dict is not None:
                 metrics_dict.update({f"reprojection/{k}": v for k, v in diagnostics.items()})
+        labels = None
+        if cfg.semantic_loss_weight > 0 or cfg.sky_free_loss_weight > 0:
+            if batch.semantics is None:
+                raise ValueError("semantic_loss_weight or sky_free_loss_weight > 0 but the batch has no 2D labels "
+                                 "(datamanager.use_semantics)")
+            labels = lattice_labels(batch.semantics, outputs["lattice_px"])
+        sky = sky_label_id(cfg.semantic_label_space)
         if cfg.rgb_loss_weight > 0:
-            loss_dict["rgb_loss"] = cfg.rgb_loss_weight * losses.rgb_loss(render.rgb, target)
+            not_sky = labels != sky if labels is not None and cfg.sky_free_loss_weight > 0 and cfg.sky_free_rgb else None
+            loss_dict["rgb_loss"] = cfg.rgb_loss_weight * losses.rgb_loss(render.rgb, target, ray_mask=not_sky)
         if cfg.eikonal_loss_weight > 0:
             grid_gradients = grid.sdf_gradient() if cfg.eikonal_on_grid else None
             loss_dict["eikonal_loss"] = cfg.eikonal_loss_weight * losses.eikonal_loss(render.sdf_gradient, grid_gradients)
@@ -224,15 +245,11 @@ class SelfOccModel(Model):
         if cfg.smoothness_loss_weight > 0:
             loss_dict["smoothness_loss"] = cfg.smoothness_loss_weight * losses.edge_aware_smoothness(
                 render.depth, target, cfg.smoothness_of)
-        labels = None
-        if cfg.semantic_loss_weight > 0 or cfg.sky_free_loss_weight > 0:
-            if batch.semantics is None:
-                raise ValueError("semantic_loss_weight or sky_free_loss_weight > 0 but the batch has no 2D labels "
-                                 "(datamanager.use_semantics)")
-            labels = lattice_labels(batch.semantics, outputs["lattice_px"])
+        if cfg.free_space_loss_weight > 0 and int(batch.step) >= cfg.free_space_start_step:
+            loss_dict["free_space_loss"] = cfg.free_space_loss_weight * losses.free_space_loss(
+                render.sdf, render.weights, cfg.free_space_max_opacity, cfg.free_space_min_sdf_m)
         if cfg.sky_free_loss_weight > 0:
             assert labels is not None
-            sky = sky_label_id(cfg.semantic_label_space)
             loss_dict["sky_free_loss"] = cfg.sky_free_loss_weight * losses.sky_free_space_loss(
                 render.accumulation, labels, sky)
             labels = torch.where(labels == sky, torch.full_like(labels, IGNORE_ID), labels)

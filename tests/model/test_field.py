@@ -193,6 +193,16 @@ def test_prior_makes_untrained_field_zero_level_set_the_prior(prior):
     assert field.decoder[-1].weight.grad[0].abs().sum() > 0
 
 
+def test_free_prior_starts_empty_everywhere_and_still_learns():
+    range_m, grid_xyz = (-40.0, -40.0, -1.0, 40.0, 40.0, 5.4), (33, 33, 9)
+    field = build(small_config(sdf_prior="free", free_sdf_m=1.5), SceneGrid(range_m, grid_xyz))
+    grid = field.decode(random_planes(field))
+    assert torch.allclose(grid.sdf, torch.full_like(grid.sdf, 1.5), atol=1e-6)  # free space, no surface anywhere
+    assert grid.sdf_gradient().abs().max().item() < 1e-5
+    grid.sdf.sum().backward()
+    assert field.decoder[-1].weight.grad[0].abs().sum() > 0
+
+
 def test_bev_uses_learnable_z_embedding():
     field = build(small_config(), bev=True)
     planes = random_planes(field)

@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
-from selfocc_ns.model.field import SelfOccFieldConfig
+from selfocc_ns.model.field import FieldGrid, SelfOccFieldConfig
 from selfocc_ns.model.losses import (
     edge_aware_smoothness,
     eikonal_loss,
+    free_space_loss,
     hessian_loss,
     reprojection_loss,
     rgb_loss,
@@ -19,7 +20,7 @@ from selfocc_ns.model.losses import (
     soft_sparsity_loss,
     ssim,
 )
-from selfocc_ns.model.planes import SceneGrid, TPVPlanes
+from selfocc_ns.model.planes import SceneGrid, TPVPlanes, grid_points_m
 from selfocc_ns.model.rays import fixed_lattice_px, lattice_colours, lattice_labels, rays_from_pixels
 from selfocc_ns.model.renderer import SelfOccRendererConfig
 
@@ -260,3 +261,74 @@ def test_gradients_flow_from_each_loss_to_what_it_should():
     # and on to the decoder and encoder planes
     planes_grad = torch.autograd.grad(losses["reprojection"], field.decoder[-1].weight, retain_graph=True)[0]
     assert planes_grad[0].abs().sum() > 0
+
+
+# ------------------------------------------------------------------ free space (not official)
+
+FREE_RANGE_M = (-10.0, -10.0, -2.0, 10.0, 10.0, 6.0)
+FREE_GRID_XYZ = (81, 81, 33)  # 0.25 m
+
+
+def render_ground_seen_from_above(with_bubble: bool):
+    """A camera 3 m above the ground plane z = 0 looking 60 deg down at it; optionally a planted solid bubble
+    of radius 1 m around the camera (SDF |p - c| - 1): its rays start inside it and leave it with a rising
+    SDF, so NeuS gives it no opacity -- invisible to every rendering loss, yet occupied."""
+    xs, ys, zs = grid_points_m(FREE_RANGE_M, FREE_GRID_XYZ)
+    points = torch.stack(torch.meshgrid(xs, ys, zs, indexing="ij"), dim=-1)
+    centre = torch.tensor([0.0, 0.0, 3.0])
+    sdf = points[..., 2].clone()
+    if with_bubble:
+        sdf = torch.minimum(sdf, torch.linalg.vector_norm(points - centre, dim=-1) - 1.0)
+    grid = FieldGrid(values=sdf[None, None], range_m=FREE_RANGE_M, rgb_channels=0, semantic_channels=0)
+    # inv_s = 5, about what the tiny preset reaches in training
+    renderer = SelfOccRendererConfig(num_samples=128, variance_init=math.log(5.0) / 10).setup().eval()
+    pose = look_cam2ego(tuple(centre.tolist()), 0.0, 60.0)
+    lattice = fixed_lattice_px(IMAGE_HW, (6, 8))[None, None]
+    with torch.no_grad():
+        return renderer.render_cameras(grid, lattice, K[None, None], pose[None, None])
+
+
+def test_free_space_loss_penalises_a_planted_invisible_solid_and_not_a_correct_field():
+    correct = render_ground_seen_from_above(with_bubble=False)
+    planted = render_ground_seen_from_above(with_bubble=True)
+    # the bubble is invisible to rendering: the same depth and opacity as the correct field
+    assert torch.allclose(planted.depth, correct.depth, rtol=0.02)
+    assert torch.allclose(planted.accumulation, correct.accumulation, atol=1e-3)
+    assert correct.accumulation.min() > 0.99
+    assert free_space_loss(correct.sdf, correct.weights).item() == 0.0
+    loss = free_space_loss(planted.sdf, planted.weights)
+    # known answer: along every ray the first metre is inside the bubble, SDF = t - 1, i.e. -0.5 m on average
+    # over that metre; the seen-through samples are those up to the ground, all of them with SDF >= 0 beyond it
+    front = torch.cumsum(planted.weights, -1) < 0.1
+    inside = front & (planted.t_m < 1.0)
+    expected = (1.0 - planted.t_m[inside]).sum() / front.sum()
+    assert loss.item() == pytest.approx(expected.item(), rel=0.05)
+    assert planted.t_m[front & (planted.sdf < 0)].max() < 1.0 + 0.1  # what is penalised is the bubble
+    assert loss.item() > 0.05
+    assert free_space_loss(planted.sdf + 2.0, planted.weights).item() == 0.0  # once the margin is met
+    assert free_space_loss(correct.sdf, correct.weights, min_sdf_m=1.0).item() > 0.0  # a margin reaches the ground
+
+
+def test_free_space_loss_gradient_raises_the_sdf_of_seen_through_samples_only():
+    sdf = torch.tensor([[-1.0, -0.5, -2.0, 3.0]], requires_grad=True)
+    weights = torch.tensor([[0.0, 0.05, 0.9, 0.05]], requires_grad=True)  # cumulative 0, 0.05, 0.95, 1.0
+    loss = free_space_loss(sdf, weights, max_opacity=0.1)
+    assert loss.item() == pytest.approx(0.75)  # (1 + 0.5) / 2: the surface and what lies behind it are left alone
+    grad_sdf, grad_weights = torch.autograd.grad(loss, (sdf, weights), allow_unused=True)
+    assert grad_sdf.tolist() == [[-0.5, -0.5, 0.0, 0.0]]
+    assert grad_weights is None  # the selection is detached: the loss never moves the rendered surface
+    none_seen = free_space_loss(sdf, torch.ones_like(sdf), max_opacity=0.1)
+    assert none_seen.item() == 0.0 and none_seen.requires_grad
+
+
+def test_rgb_loss_ray_mask_averages_over_the_selected_rays_only():
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(1, 1, 4, 6, 3, generator=g)
+    wrong = target.clone()
+    wrong[..., :, :2, :] = 1.0 - wrong[..., :, :2, :]  # two wrong columns
+    keep = torch.ones(1, 1, 4, 6, dtype=torch.bool)
+    assert rgb_loss(wrong, target).item() > 0.05
+    keep[..., :, :3] = False  # SSIM windows of column 2 still reach column 1; from column 3 on they do not
+    assert rgb_loss(wrong, target, ray_mask=keep).item() == pytest.approx(0.0, abs=1e-6)
+    nothing = rgb_loss(wrong, target, ray_mask=torch.zeros_like(keep))
+    assert nothing.item() == 0.0
