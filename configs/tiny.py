@@ -33,6 +33,12 @@ def trainer_config() -> SelfOccTrainerConfig:
         ),
         field=SelfOccFieldConfig(hidden_dim=32, rgb_activation="sigmoid"),
         renderer=SelfOccRendererConfig(num_samples=64, train_lattice_hw=(16, 32), eval_chunk_rays=16384),
+        # not official (README: "Beyond the paper"): the space rays see through is free
+        sky_free_loss_weight=1.0,
+        sky_free_rgb=True,
+        free_space_loss_weight=1.0,
+        free_space_start_step=100,
+        hessian_loss_weight=0.1,
     )
     datamanager = SelfOccDataManagerConfig(
         sampling=FrameSamplingConfig(cur_prob=0.5, max_dist_m=10.0, source_max_dist_m=10.0), num_workers=1

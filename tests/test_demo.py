@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import run_command
+from selfocc_ns.scripts.demo import summary_lines
 
 
 @pytest.mark.slow
@@ -28,6 +29,7 @@ def test_demo_trains_evaluates_and_prints_the_next_commands(small_world, tmp_pat
     assert results["depth/num_images"] == 4 * 6 and results["depth/num_images_without_points"] == 0
     assert results["occ/baseline/flat_ground/iou"] == pytest.approx(flat_ground_iou(small_world), abs=1e-9)
     assert 0.0 <= results["occ/iou"] <= 1.0 and results["depth/raw/abs_rel"] > 0.0
+    assert "\n".join(summary_lines(results)) in out  # the metrics beside the baselines, and the verdicts
     config = sorted((workdir / "outputs").rglob("config.yml"))[-1]
     for line in (f"checkpoint: {report['checkpoint']}", f"ns-viewer --load-config {config}",
                  f"ns-eval --load-config {config}", f"selfocc-export --load-config {config}"):
@@ -50,3 +52,18 @@ def flat_ground_iou(world: Path) -> float:
         fp += int((pred & ~gt & seen).sum())
         fn += int((~pred & gt & seen).sum())
     return tp / (tp + fp + fn)
+
+
+def test_demo_summary_prints_both_tasks_beside_their_baselines_with_a_verdict():
+    results = {"occ/iou": 0.301, "occ/precision": 0.4, "occ/recall": 0.55, "occ/miou": 0.062, "occ/protocol": "selfocc",
+               "occ/baseline/flat_ground/iou": 0.527, "occ/baseline/flat_ground/miou": 0.051,
+               "depth/raw/abs_rel": 0.25, "depth/raw/a1": 0.6, "depth/baseline/raw/abs_rel": 0.471,
+               "depth/baseline/raw/a1": 0.328}
+    lines = summary_lines(results)
+    assert "model IoU 30.1 (precision 40.0, recall 55.0), mIoU 6.2" in lines[0] and "flat ground IoU 52.7" in lines[0]
+    assert lines[1] == "  verdict: occupancy is below flat ground by -22.6 IoU"
+    assert lines[3] == "  verdict: depth beats constant depth by +0.221 abs_rel"
+    results["occ/iou"] = 0.6
+    assert summary_lines(results)[1] == "  verdict: occupancy beats flat ground by +7.3 IoU"
+    assert summary_lines({"depth/raw/abs_rel": 0.5, "depth/raw/a1": 0.3, "depth/baseline/raw/abs_rel": 0.471,
+                          "depth/baseline/raw/a1": 0.328})[1] == "  verdict: depth is below constant depth by -0.029 abs_rel"

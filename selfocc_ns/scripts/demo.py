@@ -3,7 +3,8 @@
 1. `selfocc-synth <workdir>/world` (skipped when the world is already there),
 2. `ns-train selfocc-tiny ... --machine.device-type cpu nuscenes-data --data-dir <workdir>/world`,
 3. `selfocc-eval --load-config <run>/config.yml --tasks depth occupancy` on the val scene,
-then prints the checkpoint, the metrics beside the trivial baselines, and the next commands to try.
+then prints the checkpoint, occupancy and depth beside the trivial baselines (flat ground, constant median
+depth) with a one-line verdict each (`summary_lines`), and the next commands to try.
 Each step is the command line a user would type, run as a subprocess and echoed first.
 """
 
@@ -17,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import tyro
 
@@ -27,6 +28,36 @@ def _run(cmd: List[str], cwd: Path) -> None:
     result = subprocess.run(cmd, cwd=cwd)
     if result.returncode != 0:
         sys.exit(f"selfocc-demo: the command above failed with exit code {result.returncode}")
+
+
+def _verdict(task: str, model: float, baseline: float, baseline_name: str, unit: str, higher_is_better: bool) -> str:
+    """'<task> beats <baseline> by +x <unit>' or '<task> is below <baseline> by -x <unit>' (sign = better / worse)."""
+    gain = (model - baseline) if higher_is_better else (baseline - model)
+    verb = "beats" if gain > 0 else "is below"
+    return f"{task} {verb} {baseline_name} by {gain:+.{1 if unit == 'IoU' else 3}f} {unit}"
+
+
+def summary_lines(results: Dict[str, float]) -> List[str]:
+    """The demo's table of the model beside the trivial baselines, and a verdict per task, from eval.json results."""
+    lines = []
+    if "occ/iou" in results:
+        pct = {k: 100.0 * results[k] for k in ("occ/iou", "occ/precision", "occ/recall", "occ/miou")}
+        flat_iou = 100.0 * results["occ/baseline/flat_ground/iou"]
+        flat_miou = 100.0 * results["occ/baseline/flat_ground/miou"]
+        lines += [
+            f"  occupancy ({results.get('occ/protocol', '')} protocol, %):  model IoU {pct['occ/iou']:.1f} "
+            f"(precision {pct['occ/precision']:.1f}, recall {pct['occ/recall']:.1f}), mIoU {pct['occ/miou']:.1f}"
+            f"  |  flat ground IoU {flat_iou:.1f}, mIoU {flat_miou:.1f}",
+            "  verdict: " + _verdict("occupancy", pct["occ/iou"], flat_iou, "flat ground", "IoU", True),
+        ]
+    if "depth/raw/abs_rel" in results:
+        model, const = results["depth/raw/abs_rel"], results["depth/baseline/raw/abs_rel"]
+        lines += [
+            f"  depth (raw):  model abs_rel {model:.3f}, a1 {results['depth/raw/a1']:.3f}  |  constant median depth "
+            f"abs_rel {const:.3f}, a1 {results['depth/baseline/raw/a1']:.3f}",
+            "  verdict: " + _verdict("depth", model, const, "constant depth", "abs_rel", False),
+        ]
+    return lines
 
 
 @dataclass
@@ -84,6 +115,7 @@ class SelfOccDemo:
         print(f"  checkpoint: {data['checkpoint']} (step {data['step']})")
         print(f"  config:     {config}")
         print(f"  metrics:    {report}")
+        print("\n".join(summary_lines(data["results"])))
         print("next:")
         print(f"  ns-viewer --load-config {config}")
         print(f"  ns-eval --load-config {config} --output-path {workdir / 'ns_eval.json'}")
