@@ -237,3 +237,21 @@ def test_official_presets_set_every_official_convention_and_tiny_keeps_ours(pres
             assert _value(model, group, name) != official_value, (preset, group, name)
         else:
             assert _value(model, group, name) == official_value, (preset, group, name)
+
+
+NOT_OFFICIAL_OFF = {
+    (None, "sky_free_loss_weight"): 0.0,
+    (None, "sky_free_rgb"): False,
+    (None, "free_space_loss_weight"): 0.0,
+    ("field", "sdf_prior"): "none",
+}
+"""README "Beyond the paper": what is not in the official code, at its off value."""
+
+
+@pytest.mark.parametrize("preset", ["nuscenes_occ", "nuscenes_depth", "nuscenes_novel_depth"])
+def test_official_presets_keep_every_not_official_flag_off(preset: str) -> None:
+    import importlib
+
+    model = importlib.import_module(f"selfocc_ns.configs.{preset}").trainer_config().pipeline.model
+    for (group, name), off in NOT_OFFICIAL_OFF.items():
+        assert _value(model, group, name) == off, (preset, group, name)
