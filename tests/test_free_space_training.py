@@ -10,6 +10,7 @@ same batches; only the losses differ.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from selfocc_ns.configs import tiny
@@ -47,6 +48,7 @@ def occupancy_counts(small_world, tmp_path, **overrides):
     return tuple(int(v) for v in geometric_counts(evaluator.occ.hist, "selfocc"))
 
 
+@pytest.mark.slow  # two 8-step trainings and two val-scene evaluations: ~2.5 min on 2 shared cores
 def test_free_space_flags_lower_false_positives_on_the_val_scene(small_world, tmp_path):
     model = tiny.trainer_config().pipeline.model
     assert model.free_space_loss_weight > 0 and model.sky_free_loss_weight > 0, "selfocc-tiny has them on"
