@@ -24,6 +24,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch.cuda.amp.grad_scaler import GradScaler
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from selfocc_ns.checkpoints import install_eval_fallback
 from selfocc_ns.data.datamanager import SelfOccDataManagerConfig
 from selfocc_ns.eval.options import EvalOptions
 from selfocc_ns.eval.runner import Evaluator, evaluate_batches, median_lidar_depth, numeric_results
@@ -59,6 +60,7 @@ class SelfOccPipeline(VanillaPipeline):
         grad_scaler: Optional[GradScaler] = None,
     ):
         Pipeline.__init__(self)
+        install_eval_fallback()  # eval_setup (ns-eval, ns-viewer, ns-render) loads the newest VALID checkpoint
         self.config = config
         self.test_mode = test_mode
         self.datamanager = config.datamanager.setup(
