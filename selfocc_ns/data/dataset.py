@@ -74,8 +74,10 @@ def load_lidar_points(path: Path, what: str) -> np.ndarray:
         raw = np.fromfile(path, dtype=np.float32)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"Missing LiDAR file {path} ({what})") from err
-    if raw.size % 5 != 0:
-        raise ValueError(f"Unreadable LiDAR file {path} ({what}): {raw.size} floats is not a multiple of 5")
+    size = Path(path).stat().st_size
+    if size % 20 != 0:  # bytes, not floats: a file cut mid-float still reads as whole floats
+        raise ValueError(f"Unreadable LiDAR file {path} ({what}): {size} bytes is not a whole number of "
+                         "20-byte points (5 float32)")
     return raw.reshape(-1, 5)[:, :3]
 
 
