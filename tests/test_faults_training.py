@@ -142,3 +142,35 @@ def test_ns_eval_and_selfocc_eval_skip_a_corrupt_latest_checkpoint(tiny_run, tmp
     run_command(["selfocc-eval", "--load-config", str(config), "--max-samples", "1", "--lattice-fraction", "0.25",
                  "--output-path", str(report)], cwd=training_dir(config))
     assert json.loads(report.read_text())["checkpoint"] == str(newest_valid)
+
+
+def keyframe_only_labels(world):
+    """Delete the 2D labels of every sweep image (precomputed label sets often cover keyframes only)."""
+    keyframe_images = {p.stem for p in (world / "samples").rglob("*.jpg")}
+    removed = [png for png in (world / "semantics").rglob("*.png") if png.stem not in keyframe_images]
+    for png in removed:
+        png.unlink()
+    assert removed
+
+
+def test_keyframe_only_labels_train_with_labelled_anchors_and_one_warning(world_copy, tmp_path, capsys):
+    import math
+
+    keyframe_only_labels(world_copy)
+    trainer = tiny_trainer(world_copy, tmp_path, **{"pipeline.datamanager.sampling.cur_prob": 0.0})
+    out = capsys.readouterr().out
+    assert out.count("4 of 4 keyframes and 0 of 3 sweep frames have 2D labels for every camera") == 1
+    unlabelled = 0
+    for step in range(3):  # anchors are never the input keyframe: sweeps are drawn
+        _, loss_dict, metrics = trainer.train_iteration(step)
+        assert math.isfinite(float(loss_dict["semantic_loss"]))
+        unlabelled += metrics.get("data/semantics: unlabelled anchor images", 0)
+    assert trainer.skipped_steps == 0 and unlabelled > 0 and unlabelled % 6 == 0
+
+
+def test_keyframe_only_labels_refused_in_strict_mode(world_copy, tmp_path):
+    from selfocc_ns.data.validate import DataValidationError
+
+    keyframe_only_labels(world_copy)
+    with pytest.raises(DataValidationError, match="0 of 3 sweep frames have 2D labels.*unlabelled-anchors refuse"):
+        tiny_trainer(world_copy, tmp_path, **{"pipeline.datamanager.unlabelled_anchors": "refuse"})

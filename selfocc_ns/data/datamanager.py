@@ -51,6 +51,9 @@ class SelfOccDataManagerConfig(DataManagerConfig):
     """Which frames a training step uses: the anchor and, per camera, two sources."""
     use_semantics: Literal["auto", "on", "off"] = "auto"
     """Load 2D labels of the anchor images: 'auto' follows the model's semantic loss."""
+    unlabelled_anchors: Literal["skip", "refuse"] = "skip"
+    """Anchor frames without 2D labels (e.g. keyframe-only label sets): 'skip' leaves them out of the semantic loss
+    (one warning with the counts), 'refuse' stops at start-up."""
 
 
 class StepSampler(Sampler):
@@ -135,8 +138,12 @@ class SelfOccDataManager(DataManager):
         return self.eval_dataparser_outputs.metadata["selfocc"]
 
     def set_use_semantics(self, use: bool) -> None:
-        """The model says whether it trains a semantic head (for `use_semantics: auto`)."""
+        """The model says whether it trains a semantic head (for `use_semantics: auto`); labels are checked then."""
         self._use_semantics = use
+        if self.use_semantics and self.test_mode == "val":  # training (eval_setup's modes need no anchor labels)
+            from selfocc_ns.data.validate import check_label_coverage
+
+            check_label_coverage(self.train_index, strict=self.config.unlabelled_anchors == "refuse")
 
     @property
     def use_semantics(self) -> bool:
@@ -159,6 +166,7 @@ class SelfOccDataManager(DataManager):
             seed=self.config.seed,
             rank=self.rank,
             novel_views=novel_views and mode == "eval",
+            skip_unlabelled=self.config.unlabelled_anchors == "skip",
         )
 
     def _loader(self, dataset, sampler, batch_size: int) -> DataLoader:

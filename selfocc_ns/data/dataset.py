@@ -19,7 +19,7 @@ from PIL import Image
 
 from selfocc_ns.data.batch import NovelViews, SelfOccBatch
 from selfocc_ns.data.frames import CameraImage, Frame, SelfOccIndex, neighbours
-from selfocc_ns.data.occ3d import load_labels
+from selfocc_ns.data.occ3d import IGNORE_ID, load_labels
 from selfocc_ns.data.sampling import FrameSamplingConfig, draw_anchor, draw_sources, step_generator
 
 
@@ -98,6 +98,7 @@ class SelfOccSampleDataset(torch.utils.data.Dataset):
         seed: int = 42,
         rank: int = 0,
         novel_views: bool = False,
+        skip_unlabelled: bool = False,
     ):
         if mode not in ("train", "eval"):
             raise ValueError(f"mode must be train or eval, not {mode!r}")
@@ -109,6 +110,8 @@ class SelfOccSampleDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.rank = rank
         self.novel_views = novel_views
+        self.skip_unlabelled = skip_unlabelled
+        """An anchor image without a 2D label gets all-ignore labels (left out of the semantic loss) instead of an error."""
 
     def __len__(self) -> int:
         return len(self.index.samples)
@@ -148,7 +151,7 @@ class SelfOccSampleDataset(torch.utils.data.Dataset):
             out["source_frames"] = sources
         if self.use_semantics:
             out["semantics"] = torch.stack(
-                [self._semantics(a_frame.cameras[ch], what) for ch in channels]
+                [self._semantics(a_frame.cameras[ch], what, counters) for ch in channels]
             )
         if self.mode == "eval":
             if frame.lidar_path is not None:
@@ -171,7 +174,12 @@ class SelfOccSampleDataset(torch.utils.data.Dataset):
         parts = [self._camera(frame.cameras[ch], ref_inv, crop, scale, what) for ch in self.index.cameras]
         return torch.stack([p[0] for p in parts]), np.stack([p[1] for p in parts]), np.stack([p[2] for p in parts])
 
-    def _semantics(self, cam: CameraImage, what: str) -> torch.Tensor:
+    def _semantics(self, cam: CameraImage, what: str, counters: Optional[Dict[str, int]] = None) -> torch.Tensor:
+        if cam.semantics_path is None and self.skip_unlabelled:
+            if counters is not None:
+                counters["semantics: unlabelled anchor images"] = counters.get("semantics: unlabelled anchor images", 0) + 1
+            rows = crop_height(cam.height, self.geometry.ray_crop_fraction)
+            return torch.full((rows, cam.width), IGNORE_ID, dtype=torch.int64)
         if cam.semantics_path is None:
             raise FileNotFoundError(
                 f"Missing 2D label for {cam.image_path.name} ({cam.channel}, {what}); semantics are on, so every anchor "

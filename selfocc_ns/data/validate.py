@@ -297,3 +297,27 @@ def label_coverage(index: SelfOccIndex) -> LabelCoverage:
         counts[frame.is_keyframe][0] += 1
         counts[frame.is_keyframe][1] += int(labelled)
     return LabelCoverage(counts[True][0], counts[True][1], counts[False][0], counts[False][1])
+
+
+def check_label_coverage(index: SelfOccIndex, strict: bool = False) -> LabelCoverage:
+    """Training with 2D labels: refuse when no frame has them (or, `strict`, when some lack them); else warn once."""
+    from nerfstudio.utils.rich_utils import CONSOLE
+
+    coverage = label_coverage(index)
+    if coverage.frames_labelled == 0:
+        raise DataValidationError(
+            f"the semantic loss is on but no frame of the {index.split} split has 2D labels "
+            "(<semantics-dir>/<CHANNEL>/<image basename>.png; see `selfocc-labels`, or turn the semantic loss off)"
+        )
+    if not coverage.complete:
+        if strict:
+            raise DataValidationError(
+                f"{coverage.describe()} ({index.split}); --pipeline.datamanager.unlabelled-anchors refuse needs "
+                "labels for every anchor frame ('skip' leaves unlabelled anchors out of the semantic loss)"
+            )
+        CONSOLE.print(
+            f"[bold yellow]selfocc warning:[/bold yellow] {coverage.describe()} ({index.split}); anchors without "
+            "labels are left out of the semantic loss (--pipeline.datamanager.unlabelled-anchors refuse to stop "
+            "instead)", soft_wrap=True, highlight=False,
+        )
+    return coverage
