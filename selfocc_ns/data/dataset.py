@@ -161,6 +161,8 @@ class SelfOccSampleDataset(torch.utils.data.Dataset):
                 labels = load_labels(frame.occ_path)
                 out["occ_semantics"] = labels["semantics"]
                 out["occ_mask_camera"] = labels["mask_camera"]
+                if "mask_lidar" in labels:
+                    out["occ_mask_lidar"] = labels["mask_lidar"]
             if self.novel_views:
                 out["novel"] = self._novel_views(frames, t, ref_inv, what)
         out["counters"] = counters
@@ -248,6 +250,8 @@ def collate_samples(items: List[Dict[str, Any]]) -> SelfOccBatch:
     if "occ_semantics" in first:
         batch.occ_semantics = _tensor([it["occ_semantics"] for it in items], torch.int64)
         batch.occ_mask_camera = _tensor([it["occ_mask_camera"] for it in items], torch.int64)
+        if all("occ_mask_lidar" in it for it in items):
+            batch.occ_mask_lidar = _tensor([it["occ_mask_lidar"] for it in items], torch.int64)
     if "novel" in first:
         batch.novel = [
             NovelViews(

@@ -19,6 +19,8 @@ class EvalOptions:
     occupancy_protocol: Literal["selfocc", "occ3d"] = "selfocc"
     """'selfocc': official (linspace points, crops, mIoU over 1..16); 'occ3d': voxel centres, Occ3D's own mIoU."""
     occupancy_threshold: float = 0.0
+    occupancy_mask: Literal["camera", "lidar", "camera_lidar"] = "camera"
+    """Occ3D voxels scored: inside mask_camera (SelfOcc), mask_lidar, or both (OccNeRF, GaussianOcc)."""
     """Occupied where SDF <= this (metres; official 0)."""
     flip: bool = False
     """Horizontal-flip test-time augmentation of the depth task (official --flip)."""
@@ -33,6 +35,8 @@ class EvalOptions:
         unknown = [t for t in self.tasks if t not in EVAL_TASKS]
         if unknown:
             raise ValueError(f"unknown eval task(s) {unknown}; expected some of {EVAL_TASKS}")
+        if self.occupancy_mask not in ("camera", "lidar", "camera_lidar"):
+            raise ValueError(f"unknown occupancy mask {self.occupancy_mask!r}; expected camera, lidar or camera_lidar")
 
     @property
     def needs_depth_baseline(self) -> bool:

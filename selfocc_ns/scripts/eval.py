@@ -88,9 +88,15 @@ class SelfOccEval:
     """Write colour-mapped depth PNGs (and occupancy bird's-eye views) here."""
 
     def main(self) -> Dict[str, Any]:
+        from selfocc_ns.eval.outputs import check_output_dir, check_output_file
         from selfocc_ns.eval.runner import write_results_json
         from selfocc_ns.metrics import format_table
+        from selfocc_ns.pipeline import EvaluationFailed
 
+        if self.output_path is not None:  # before any work: a long eval must not end by losing its report
+            check_output_file(self.output_path, "--output-path")
+        if self.render_output_path is not None:
+            check_output_dir(self.render_output_path, "--render-output-path")
         config, pipeline, checkpoint, step = load_pipeline(
             self.load_config, self.split, self.data_dir, self.gts_dir, load_step=self.load_step
         )
@@ -99,7 +105,11 @@ class SelfOccEval:
         max_samples = total if self.all_samples or self.max_samples is None else self.max_samples
         indices = pipeline.eval_indices(max_samples)
         start = time.perf_counter()
-        results = pipeline.evaluate(options, indices=indices, output_path=self.render_output_path, progress=True)
+        failure: Optional[EvaluationFailed] = None
+        try:
+            results = pipeline.evaluate(options, indices=indices, output_path=self.render_output_path, progress=True)
+        except EvaluationFailed as err:
+            failure, results = err, err.partial_results
         seconds = time.perf_counter() - start
         report = {
             "experiment_name": config.experiment_name,
@@ -112,6 +122,7 @@ class SelfOccEval:
             "protocol": {
                 "occupancy": options.occupancy_protocol,
                 "threshold_m": options.occupancy_threshold,
+                "occupancy_mask": options.occupancy_mask,
                 "depth_flip": options.flip,
                 "lattice_fraction": results.get("eval/lattice_fraction"),
             },
@@ -120,16 +131,24 @@ class SelfOccEval:
                 "occupancy": "flat ground: everything below z = 0 is driveable_surface",
             } if options.baseline else {},
             "seconds": seconds,
+            "complete": failure is None,
             "results": results,
         }
+        if failure is not None:
+            report.update(error=str(failure), num_samples_done=failure.samples_done)
         title = (f"{config.method_name} @ step {step} on {report['split']} ({len(indices)} keyframes; "
                  f"occupancy protocol {options.occupancy_protocol}, threshold {options.occupancy_threshold}, "
+                 f"mask {options.occupancy_mask}, "
                  f"flip {options.flip})")
+        if failure is not None:
+            title = f"PARTIAL ({failure.samples_done} of {len(indices)} keyframes): " + title
         print(format_table(results, title=title))
-        print(f"evaluated {len(indices)} keyframes in {seconds:.1f} s")
+        print(f"evaluated {report['num_samples'] if failure is None else failure.samples_done} keyframes in {seconds:.1f} s")
         if self.output_path is not None:
             write_results_json(self.output_path, report)
-            print(f"wrote {self.output_path}")
+            print(f"wrote {self.output_path}" + (" (partial report)" if failure is not None else ""))
+        if failure is not None:
+            raise SystemExit(f"selfocc-eval: {failure}")
         return report
 
 
