@@ -96,3 +96,31 @@ def test_occupancy_masks_select_camera_lidar_or_both(tiny_pipeline):
     batch.occ_mask_lidar = None
     with pytest.raises(ValueError, match="needs mask_lidar"):
         occupancy_mask(batch, 0, "lidar")
+
+
+def test_busy_viewer_port_is_reported_with_the_port_really_used(capsys):
+    """viser binds the next free port when the asked one is busy; the banner must show that one."""
+    import socket
+    from types import SimpleNamespace
+
+    import viser
+
+    from conftest import free_port
+    from selfocc_ns.viewer.controls import report_actual_port
+
+    busy = free_port()
+    with socket.socket() as blocker:
+        blocker.bind(("0.0.0.0", busy))
+        blocker.listen()
+        server = viser.ViserServer(host="127.0.0.1", port=busy)
+        try:
+            actual = server.get_port()
+            assert actual != busy
+            viewer = SimpleNamespace(
+                viser_server=server, config=SimpleNamespace(websocket_port=busy, websocket_port_default=7007),
+                viewer_info=[f"Viewer running locally at: http://127.0.0.1:{busy}"])
+            assert report_actual_port(viewer) == actual
+        finally:
+            server.stop()
+    assert viewer.viewer_info == [f"Viewer running locally at: http://127.0.0.1:{actual}"]
+    assert f"port {busy} is busy; the viewer runs on port {actual}" in capsys.readouterr().out

@@ -287,6 +287,7 @@ class OccupancyViewer(nn.Module):
     def on_viewer_ready(self, viewer) -> None:
         """Called once nerfstudio's viewer exists: create the layers, encode the first sample."""
         self._viewer = viewer
+        report_actual_port(viewer)
         self._interrupt_renders_on_change(viewer)
         if self.settings.cpu_max_res is not None and self.pipeline().model.device.type == "cpu":
             viewer.control_panel._max_res.value = self.settings.cpu_max_res  # no public setter in 1.1.5
@@ -391,6 +392,25 @@ class OccupancyViewer(nn.Module):
                 continue
             moved = [move_with_ego(world, p, old_ego2global, new_ego2global) for p in (position, look_at)]
             self.control.set_pose(moved[0], moved[1], clients=[client])
+
+
+def report_actual_port(viewer) -> Optional[int]:
+    """Say so when the viewer is not on the port asked for, and make nerfstudio's banner show the real one.
+
+    nerfstudio 1.1.5 takes a random free port when the default (7007) is busy, without a word; with an explicit
+    `--viewer.websocket-port` that is busy, viser binds the next free port while nerfstudio's banner still shows
+    the busy one. Returns the port actually used.
+    """
+    actual = int(viewer.viser_server.get_port())
+    config = viewer.config
+    requested = config.websocket_port if config.websocket_port is not None else config.websocket_port_default
+    if requested is not None and actual != int(requested):
+        from nerfstudio.utils.rich_utils import CONSOLE
+
+        CONSOLE.print(f"[bold yellow]selfocc warning:[/bold yellow] port {requested} is busy; the viewer runs on port "
+                      f"{actual}: http://localhost:{actual}", soft_wrap=True, highlight=False)
+        viewer.viewer_info = [line.replace(f":{requested}", f":{actual}") for line in viewer.viewer_info]
+    return actual
 
 
 def attach_viewer(pipeline, settings: Optional[ViewerSettings] = None) -> OccupancyViewer:
