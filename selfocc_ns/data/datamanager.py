@@ -18,7 +18,6 @@ from typing import Dict, Iterator, List, Literal, Optional, Tuple, Type, Union
 import torch
 import torch.distributed as dist
 from nerfstudio.configs.dataparser_configs import AnnotatedDataParserUnion
-from nerfstudio.data.datamanagers.base_datamanager import DataManager, DataManagerConfig
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
@@ -28,10 +27,11 @@ from selfocc_ns.data.dataset import ImageGeometryConfig, SelfOccSampleDataset, c
 from selfocc_ns.data.frames import SelfOccIndex
 from selfocc_ns.data.nuscenes import SelfOccNuScenesDataParserConfig
 from selfocc_ns.data.sampling import FrameSamplingConfig
+from selfocc_ns.data.vanilla_compat import VanillaCompatible, VanillaCompatibleConfig
 
 
 @dataclass
-class SelfOccDataManagerConfig(DataManagerConfig):
+class SelfOccDataManagerConfig(VanillaCompatibleConfig):
     """Surround-view temporal samples for SelfOcc (docs/architecture.md)."""
 
     _target: Type = field(default_factory=lambda: SelfOccDataManager)
@@ -92,7 +92,7 @@ def global_rank(local_rank: int) -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else local_rank
 
 
-class SelfOccDataManager(DataManager):
+class SelfOccDataManager(VanillaCompatible):
     """Keeps nerfstudio's `InputDataset`s for bookkeeping (viewer, cameras) and feeds SelfOcc batches."""
 
     config: SelfOccDataManagerConfig
@@ -193,6 +193,7 @@ class SelfOccDataManager(DataManager):
             CONSOLE.print(f"selfocc: left out while indexing: {self.train_index.skipped}")
 
     def setup_eval(self):
+        super().setup_eval()  # nerfstudio's eval_dataloader (ns-render spiral starts from its first camera)
         CONSOLE.print(f"selfocc eval: {len(self.eval_index.samples)} keyframes ({self.eval_index.split})")
 
     def next_train(self, step: int) -> Tuple[SelfOccBatch, Dict]:

@@ -272,7 +272,13 @@ class OccupancyViewer(nn.Module):
 
     # -- rendering -----------------------------------------------------------------------------------
     def render(self, camera) -> Dict[str, Tensor]:
-        """rgb / depth / depth_m / accumulation / semantics [H, W, C] of a nerfstudio camera (see selfocc_ns.viewer.render)."""
+        """rgb / depth / depth_m / accumulation / semantics [H, W, C] of a nerfstudio camera (see selfocc_ns.viewer.render).
+
+        In the viewer (or once a sample is selected): from the selected sample. Otherwise (`ns-render`, scripts):
+        from the keyframe nearest to the camera (`selfocc_ns.viewer.keyframe_cameras`).
+        """
+        if self._viewer is None and self._sample is None:
+            return self.keyframe_renderer()(camera)
         sample = self.ensure_sample()
         world = self.world()
         view = viewer_camera_in_ego(camera, world, sample.frame.ref_ego2global)
@@ -282,6 +288,14 @@ class OccupancyViewer(nn.Module):
         outputs = viewer_outputs(render, far_distance_m(sample.grid, view), world.scale)
         self.render_log = (self.render_log + [(*view.image_hw, time.perf_counter() - start)])[-50:]
         return outputs
+
+    def keyframe_renderer(self):
+        """The nearest-keyframe renderer used outside the viewer (built once)."""
+        if getattr(self, "_keyframe_renderer", None) is None:
+            from selfocc_ns.viewer.keyframe_cameras import KeyframeCameraRenderer
+
+            self._keyframe_renderer = KeyframeCameraRenderer(self.pipeline(), chunk_rays=self.settings.chunk_rays)
+        return self._keyframe_renderer
 
     # -- layers --------------------------------------------------------------------------------------
     def on_viewer_ready(self, viewer) -> None:
