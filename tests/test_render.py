@@ -68,25 +68,46 @@ def camera_path_json(outputs, path: Path, cameras: int = 2) -> Path:
     return path
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("command", ["dataset", "spiral", "interpolate", "camera-path"])
-def test_ns_render_commands_work_on_a_selfocc_checkpoint(tiny_run, tiny_pipeline, tmp_path, command):
-    assert shutil.which("ffmpeg"), "ns-render's videos need ffmpeg (README; .ci/run installs it)"
-    out = tmp_path / ("renders" if command == "dataset" else "video.mp4")
-    extra = {
-        "dataset": ["--split", "test", "--rendered-output-names", "depth"],
-        "spiral": ["--seconds", "0.5", "--frame-rate", "4"],
-        "interpolate": ["--interpolation-steps", "1", "--frame-rate", "4", "--pose-source", "eval"],
-        "camera-path": ["--camera-path-filename",
-                        str(camera_path_json(tiny_pipeline.datamanager.train_dataparser_outputs, tmp_path / "path.json"))],
-    }[command]
-    run_command(["ns-render", command, "--load-config", str(tiny_run), "--output-path", str(out), *extra],
-                cwd=training_dir(tiny_run))
-    if command == "dataset":
-        images = sorted((out / "test" / "depth").rglob("*.jpg"))
-        assert len(images) == len(tiny_pipeline.datamanager.eval_dataparser_outputs.image_filenames) == 24
-        from PIL import Image
+@pytest.fixture
+def render_in_process(tiny_run, tiny_pipeline, monkeypatch):
+    """nerfstudio's render commands run in this process on the session pipeline (eval_setup not repeated)."""
+    import yaml
+    from nerfstudio.scripts import render
 
-        assert np.asarray(Image.open(images[0])).std() > 0  # rendered, not blank
-    else:
-        assert out.is_file() and out.stat().st_size > 1000
+    config = yaml.load(tiny_run.read_text(), Loader=yaml.Loader)
+    checkpoint = sorted((tiny_run.parent / "nerfstudio_models").glob("*.ckpt"))[-1]
+    monkeypatch.setattr(render, "eval_setup", lambda *args, **kwargs: (config, tiny_pipeline, checkpoint, 0))
+    monkeypatch.chdir(training_dir(tiny_run))
+    return render
+
+
+def test_ns_render_dataset_renders_every_camera_of_the_split(render_in_process, tiny_pipeline, tmp_path):
+    from PIL import Image
+
+    render_in_process.DatasetRender(load_config=Path("config.yml"), output_path=tmp_path, split="test",
+                                    rendered_output_names=["depth"]).main()
+    images = sorted((tmp_path / "test" / "depth").rglob("*.jpg"))
+    assert len(images) == len(tiny_pipeline.datamanager.eval_dataparser_outputs.image_filenames) == 24
+    assert all(np.asarray(Image.open(p)).std() > 0 for p in images)  # rendered, not the black fallback
+
+
+def test_ns_render_interpolate_and_camera_path_write_videos(render_in_process, tiny_pipeline, tmp_path):
+    assert shutil.which("ffmpeg"), "ns-render's videos need ffmpeg (README; .ci/run installs it)"
+    interpolated, path_video = tmp_path / "interpolate.mp4", tmp_path / "path.mp4"
+    render_in_process.RenderInterpolated(load_config=Path("config.yml"), output_path=interpolated,
+                                         interpolation_steps=1, frame_rate=4, pose_source="eval").main()
+    path_json = camera_path_json(tiny_pipeline.datamanager.train_dataparser_outputs, tmp_path / "path.json")
+    render_in_process.RenderCameraPath(load_config=Path("config.yml"), output_path=path_video,
+                                       camera_path_filename=path_json).main()
+    for video in (interpolated, path_video):
+        assert video.is_file() and video.stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_ns_render_spiral_cli_on_a_selfocc_checkpoint(tiny_run, tmp_path):
+    """The real command line: eval_setup, nerfstudio's datamanager type checks, the first eval camera, ffmpeg."""
+    assert shutil.which("ffmpeg"), "ns-render's videos need ffmpeg (README; .ci/run installs it)"
+    out = tmp_path / "spiral.mp4"
+    run_command(["ns-render", "spiral", "--load-config", str(tiny_run), "--output-path", str(out), "--seconds", "0.5",
+                 "--frame-rate", "4"], cwd=training_dir(tiny_run))
+    assert out.is_file() and out.stat().st_size > 1000
