@@ -65,8 +65,23 @@ class SelfOccTrainer(Trainer):
         self.config.max_num_iterations = remaining  # nerfstudio's loop runs start .. start + this
         try:
             super().train()
+        except TrainingDiverged:
+            raise
+        except Exception as err:
+            self._save_before_failure(err)
+            raise
         finally:
             self.config.max_num_iterations = total
+
+    def _save_before_failure(self, err: Exception) -> None:
+        """A step that failed before its update (a file unreadable when reached, ...): keep the finished steps."""
+        step = self._failed_step
+        if step is None or step <= self._start_step:
+            return
+        self.save_checkpoint(step - 1)
+        CONSOLE.print(f"[bold red]selfocc:[/bold red] step {step} failed ({type(err).__name__}: {err}); saved the "
+                      f"checkpoint of step {step - 1}, the last completed one: fix the cause and run again with "
+                      "--load-dir to resume", soft_wrap=True, highlight=False)
 
     def setup_optimizers(self) -> Optimizers:
         # Schedules given as fractions of the run learn the run length here, so --max-num-iterations just works.
@@ -76,6 +91,7 @@ class SelfOccTrainer(Trainer):
                 scheduler.max_steps = self.config.max_num_iterations
         self.skipped_steps = 0
         self.consecutive_skipped_steps = 0
+        self._failed_step: Optional[int] = None
         self._train_started_s: Optional[float] = None
         return super().setup_optimizers()
 
@@ -94,9 +110,15 @@ class SelfOccTrainer(Trainer):
         self.optimizers.zero_grad_all()
         bn_state = batchnorm_state(self.pipeline.model)
         device_type = "cpu" if self.device.split(":")[0] in ("cpu", "mps") else "cuda"
-        with torch.autocast(device_type=device_type, enabled=self.mixed_precision):
-            _, loss_dict, metrics_dict = self.pipeline.get_train_loss_dict(step=step)
-            loss = functools.reduce(torch.add, loss_dict.values())
+        self._failed_step = step  # until the forward pass is through: nothing of this step is applied yet
+        try:
+            with torch.autocast(device_type=device_type, enabled=self.mixed_precision):
+                _, loss_dict, metrics_dict = self.pipeline.get_train_loss_dict(step=step)
+                loss = functools.reduce(torch.add, loss_dict.values())
+        except Exception:
+            restore_batchnorm_state(bn_state)
+            raise
+        self._failed_step = None
         self.grad_scaler.scale(loss).backward()
 
         for optimizer in self.optimizers.optimizers.values():

@@ -174,3 +174,23 @@ def test_keyframe_only_labels_refused_in_strict_mode(world_copy, tmp_path):
     keyframe_only_labels(world_copy)
     with pytest.raises(DataValidationError, match="0 of 3 sweep frames have 2D labels.*unlabelled-anchors refuse"):
         tiny_trainer(world_copy, tmp_path, **{"pipeline.datamanager.unlabelled_anchors": "refuse"})
+
+
+def test_a_file_failing_mid_training_keeps_the_finished_steps(small_world, tmp_path, capsys):
+    """A file unreadable only when its batch is drawn (step 2): the checkpoint of step 1 is saved, the error kept."""
+    trainer = tiny_trainer(small_world, tmp_path, max_num_iterations=10)
+    dm = trainer.pipeline.datamanager
+    real_next = dm.next_train
+
+    def next_train(step):
+        if step == 2:
+            raise OSError("Unreadable image /data/sweeps/CAM_BACK/x.jpg (scene scene-0061, sample -): truncated")
+        return real_next(step)
+
+    dm.next_train = next_train
+    with pytest.raises(OSError, match="Unreadable image /data/sweeps/CAM_BACK/x.jpg"):
+        trainer.train()
+    assert [s for s, _ in list_checkpoints(trainer.checkpoint_dir)] == [1]
+    assert "step 2 failed (OSError" in capsys.readouterr().out
+    resumed = tiny_trainer(small_world, tmp_path / "resumed", load_dir=trainer.checkpoint_dir)
+    assert resumed._start_step == 2
