@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from selfocc_ns.data.occ3d import FREE_ID, OCC3D_PALETTE, OCC3D_SHAPE
+from selfocc_ns.data.occ3d import FREE_ID, OCC3D_SHAPE
 from selfocc_ns.scripts.render_scene import (
     BACKGROUND_RGB,
     SceneVideoOptions,

@@ -31,7 +31,7 @@ from nerfstudio.data.dataparsers.nuscenes_dataparser import NuScenesDataParserCo
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 
-from selfocc_ns.data.frames import CameraImage, Frame, SceneFrames, SelfOccIndex
+from selfocc_ns.data.frames import CameraImage, SceneFrames, SelfOccIndex
 from selfocc_ns.data.nuscenes_index import build_scene_frames, open_nuscenes, select_scenes
 
 CameraName = Literal["FRONT", "FRONT_LEFT", "FRONT_RIGHT", "BACK", "BACK_LEFT", "BACK_RIGHT"]
