@@ -55,7 +55,8 @@ def test_selfocc_eval_cli_flags_table_progress_and_json(tiny_run, tmp_path):
     )
     report = json.loads(out.read_text())
     assert report["split"] == "mini_val" and report["num_samples"] == 1 and report["step"] == 5
-    assert report["protocol"] == {"occupancy": "occ3d", "threshold_m": 0.1, "depth_flip": True, "lattice_fraction": 0.5}
+    assert report["protocol"] == {"occupancy": "occ3d", "threshold_m": 0.1, "occupancy_mask": "camera",
+                                  "depth_flip": True, "lattice_fraction": 0.5}
     results = report["results"]
     assert results["occ/protocol"] == "occ3d" and results["occ/threshold_m"] == 0.1 and results["depth/flip"] == 1.0
     assert "occ/miou" in results and "occ/miou_sum17" not in results  # the clean protocol: Occ3D's own mIoU
