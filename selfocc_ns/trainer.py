@@ -74,14 +74,15 @@ class SelfOccTrainer(Trainer):
             self.config.max_num_iterations = total
 
     def _save_before_failure(self, err: Exception) -> None:
-        """A step that failed before its update (a file unreadable when reached, ...): keep the finished steps."""
-        step = self._failed_step
-        if step is None or step <= self._start_step:
+        """The run failed (a file unreadable when its batch is drawn, an eval during training, ...): keep the
+        steps it finished by saving the checkpoint of the last completed one."""
+        done = self._last_completed_step
+        if done is None:
             return
-        self.save_checkpoint(step - 1)
-        CONSOLE.print(f"[bold red]selfocc:[/bold red] step {step} failed ({type(err).__name__}: {err}); saved the "
-                      f"checkpoint of step {step - 1}, the last completed one: fix the cause and run again with "
-                      "--load-dir to resume", soft_wrap=True, highlight=False)
+        self.save_checkpoint(done)
+        CONSOLE.print(f"[bold red]selfocc:[/bold red] the run failed after step {done} ({type(err).__name__}: {err});"
+                      f" saved the checkpoint of step {done}, the last completed one: fix the cause and run again "
+                      "with --load-dir to resume", soft_wrap=True, highlight=False)
 
     def setup_optimizers(self) -> Optimizers:
         # Schedules given as fractions of the run learn the run length here, so --max-num-iterations just works.
@@ -91,7 +92,7 @@ class SelfOccTrainer(Trainer):
                 scheduler.max_steps = self.config.max_num_iterations
         self.skipped_steps = 0
         self.consecutive_skipped_steps = 0
-        self._failed_step: Optional[int] = None
+        self._last_completed_step: Optional[int] = None
         self._train_started_s: Optional[float] = None
         return super().setup_optimizers()
 
@@ -110,15 +111,13 @@ class SelfOccTrainer(Trainer):
         self.optimizers.zero_grad_all()
         bn_state = batchnorm_state(self.pipeline.model)
         device_type = "cpu" if self.device.split(":")[0] in ("cpu", "mps") else "cuda"
-        self._failed_step = step  # until the forward pass is through: nothing of this step is applied yet
         try:
             with torch.autocast(device_type=device_type, enabled=self.mixed_precision):
                 _, loss_dict, metrics_dict = self.pipeline.get_train_loss_dict(step=step)
                 loss = functools.reduce(torch.add, loss_dict.values())
         except Exception:
-            restore_batchnorm_state(bn_state)
+            restore_batchnorm_state(bn_state)  # nothing of this step is applied
             raise
-        self._failed_step = None
         self.grad_scaler.scale(loss).backward()
 
         for optimizer in self.optimizers.optimizers.values():
@@ -148,6 +147,7 @@ class SelfOccTrainer(Trainer):
         self.grad_scaler.update()
         if scale <= self.grad_scaler.get_scale():
             self.optimizers.scheduler_step_all(step)
+        self._last_completed_step = step
         return loss, loss_dict, metrics_dict
 
     def _count_skipped_step(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor,

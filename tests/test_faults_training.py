@@ -191,6 +191,18 @@ def test_a_file_failing_mid_training_keeps_the_finished_steps(small_world, tmp_p
     with pytest.raises(OSError, match="Unreadable image /data/sweeps/CAM_BACK/x.jpg"):
         trainer.train()
     assert [s for s, _ in list_checkpoints(trainer.checkpoint_dir)] == [1]
-    assert "step 2 failed (OSError" in capsys.readouterr().out
+    assert "the run failed after step 1 (OSError" in capsys.readouterr().out
     resumed = tiny_trainer(small_world, tmp_path / "resumed", load_dir=trainer.checkpoint_dir)
     assert resumed._start_step == 2
+
+
+def test_an_eval_failing_during_training_keeps_the_step_it_followed(small_world, tmp_path):
+    trainer = tiny_trainer(small_world, tmp_path, max_num_iterations=10, steps_per_eval_all_images=2)
+
+    def broken_eval(**kwargs):
+        raise ValueError("Occ3D ground truth unreadable: /data/gts/scene-0103/x/labels.npz")
+
+    trainer.pipeline.get_average_eval_image_metrics = broken_eval
+    with pytest.raises(ValueError, match="labels.npz"):
+        trainer.train()
+    assert [s for s, _ in list_checkpoints(trainer.checkpoint_dir)] == [2]  # the eval ran after step 2's update

@@ -52,8 +52,7 @@ class SelfOccDataManagerConfig(VanillaCompatibleConfig):
     use_semantics: Literal["auto", "on", "off"] = "auto"
     """Load 2D labels of the anchor images: 'auto' follows the model's semantic loss."""
     unlabelled_anchors: Literal["skip", "refuse"] = "skip"
-    """Anchor frames without 2D labels (e.g. keyframe-only label sets): 'skip' leaves them out of the semantic loss
-    (one warning with the counts), 'refuse' stops at start-up."""
+    """Anchors without 2D labels: 'skip' leaves them out of the semantic loss (one warning), 'refuse' stops at start-up."""
 
 
 class StepSampler(Sampler):

@@ -76,8 +76,7 @@ class SelfOccNuScenesDataParserConfig(NuScenesDataParserConfig):
     """A sweep frame groups, per camera, the image nearest in time to CAM_FRONT's; farther than this it is
     left out (and counted)."""
     validate: bool = True
-    """Validate at start-up (seconds): finite calibration and poses, six cameras per frame, every image, LiDAR and gts
-    file present, LiDAR sizes whole points, gts shapes (data/validate.py); one error listing every problem."""
+    """Check at start-up: finite poses, six cameras, every file present, LiDAR sizes, gts shapes (docs/robustness.md)."""
     check_files: bool = False
     """Also decode every image, LiDAR file, Occ3D gt and 2D label at start-up (progress bar; minutes on trainval)."""
 
