@@ -365,12 +365,12 @@ class Evaluator:
             pred, _ = predict_occupancy(grid.select(b), self.options.occupancy_protocol,
                                         self.options.occupancy_threshold, batch.ego2ref_of(b),
                                         self.model.semantic_label_space)
-            self.occ.add(pred, batch.occ_semantics[b].cpu(), batch.occ_mask_camera[b].cpu())
+            self.occ.add(pred, batch.occ_semantics[b].cpu(), occupancy_mask(batch, b, self.options.occupancy_mask))
             preds.append(pred)
         return preds
 
     def results(self) -> Dict[str, Any]:
-        """Flat dict of every task's metrics and baselines; `occ/protocol` (and, when not the default,
+        """Flat dict of every task's metrics and baselines; `occ/protocol`, `occ/mask` (and, when not the default,
         `eval/lattice` and `novel_depth/gt`) are the string values.
 
         Also records the options that change the numbers: `depth/flip` (0/1), `eval/lattice_fraction` (pixel-
@@ -397,6 +397,7 @@ class Evaluator:
         if "occupancy" in opts.tasks:
             out.update(self.occ.summary())
             out["occ/threshold_m"] = float(opts.occupancy_threshold)
+            out["occ/mask"] = opts.occupancy_mask
         # counts and times summed over ranks, so every rank reports the whole eval split
         keys = list(self.seconds)
         totals = all_reduce_sum(torch.tensor([float(self.samples)] + [self.seconds[k] for k in keys], dtype=torch.float64))
@@ -406,6 +407,19 @@ class Evaluator:
             if seconds > 0:
                 out[f"eval/seconds_per_sample/{key}"] = seconds / max(1.0, samples)
         return out
+
+
+def occupancy_mask(batch: SelfOccBatch, item: int, kind: str) -> Tensor:
+    """[200, 200, 16] bool mask of the scored voxels of batch item `item`: Occ3D's camera mask, LiDAR mask or both."""
+    assert batch.occ_mask_camera is not None
+    camera = batch.occ_mask_camera[item].cpu().bool()
+    if kind == "camera":
+        return camera
+    if batch.occ_mask_lidar is None:
+        raise ValueError(f"--occupancy-mask {kind} needs mask_lidar in the Occ3D gts; sample {batch.sample_tokens[item]} "
+                         "has none")
+    lidar = batch.occ_mask_lidar[item].cpu().bool()
+    return lidar if kind == "lidar" else camera & lidar
 
 
 def median_lidar_depth(index: SelfOccIndex, max_samples: int = 200) -> float:
@@ -456,10 +470,16 @@ def numeric_results(results: Dict[str, Any]) -> Dict[str, float]:
 
 
 def write_results_json(path: Path, report: Dict[str, Any]) -> Path:
-    """Write a report as strict JSON (indent 2), creating the folder."""
+    """Write a report as strict JSON (indent 2), creating the folder; non-finite numbers become null (one warning)."""
     import json
 
+    from selfocc_ns.eval.outputs import json_safe
+
+    clean, non_finite = json_safe(report)
+    if non_finite:
+        shown = ", ".join(non_finite[:8]) + (f" and {len(non_finite) - 8} more" if len(non_finite) > 8 else "")
+        print(f"selfocc warning: {len(non_finite)} non-finite value(s) written as null to {path}: {shown}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, allow_nan=False), "utf8")
+    path.write_text(json.dumps(clean, indent=2, allow_nan=False), "utf8")
     return path
