@@ -308,7 +308,7 @@ def render_rays_skipping(
     delta_m = (rays.far_m - rays.near_m) / num_samples
     read_offset = 0.0 if cfg.sdf_read_at == "start" else 0.5
     dilated = dilate_skip_grid(skip, block_radius_cells(skip, grid, rays.directions[rays.hit], delta_m[rays.hit], block))
-    keep = torch.cat([
+    keep = torch.cat([torch.zeros(0, math.ceil(num_samples / block), dtype=torch.bool, device=device)] + [
         ~skippable_blocks(dilated, rays.origins[part], rays.directions[part], rays.near_m[part], rays.far_m[part],
                           num_samples, block, read_offset)
         for part in _blocks(num_rays, max(1, MASK_SAMPLES * block // num_samples))
@@ -396,19 +396,34 @@ def clip_bounds_m(
     return lowest, highest
 
 
+def scatter_rays(sums: Dict[str, Tensor], rows: Int[Tensor, "r"], num_rays: int) -> Dict[str, Tensor]:
+    """Per-ray sums of the rays `rows` placed among `num_rays` rays: NaN for the others (0 samples read)."""
+    out = {}
+    for key, value in sums.items():
+        full = value.new_full((num_rays, *value.shape[1:]), 0.0 if key == "samples" else math.nan)
+        full[rows] = value
+        out[key] = full
+    return out
+
+
 @torch.no_grad()
 def render_cameras_skipping(
     renderer: SelfOccRenderer, grid: FieldGrid, lattice_px: Float[Tensor, "B N h w 2"],
     intrinsics: Float[Tensor, "B N 3 3"], cam2ego: Float[Tensor, "B N 4 4"], chunk_rays: int,
     background: Optional[Background] = None, generator: Optional[torch.Generator] = None,
+    read_mask: Optional[Bool[Tensor, "B N h w"]] = None,
 ) -> RenderOutputs:
     """`SelfOccRenderer.render_cameras_chunked` with empty-space skipping: the same per-ray outputs (depth,
     ray_distance, accumulation, rgb, semantics, hit) plus `samples_evaluated`. Leading dims [B, N, h, w].
+    With `read_mask`, only its rays are rendered (the others are NaN, `samples_evaluated` 0, `hit` as ever);
+    the depth clip and background draws still see every ray, so the rendered ones are as without the mask.
 
     Needs the eval setting of the NeuS alpha (cos_anneal_ratio 1, no jitter): renderers in training refuse."""
     if renderer.training:
         raise ValueError("empty-space skipping renders at eval only (training needs every sample's gradient)")
     cfg = renderer.config
+    if read_mask is not None and tuple(read_mask.shape) != tuple(lattice_px.shape[:4]):
+        raise ValueError(f"read_mask {tuple(read_mask.shape)} does not match the lattice {tuple(lattice_px.shape[:4])}")
     origins, directions, z_per_distance = lattice_rays(lattice_px, intrinsics, cam2ego)
     batch, num_rays = origins.shape[:2]
     inv_s = float(renderer.neus_alpha.inv_s())
@@ -425,7 +440,14 @@ def render_cameras_skipping(
         if item.rgb_channels:
             bg = torch.cat([background_colour(background, (1, part.stop - part.start), generator, origins.device)[0]
                             for part in _blocks(num_rays, chunk_rays)])
-        sums = render_rays_skipping(renderer, item, skip, RayBox(origins[b], directions[b], near, far, hit))
+        rays = RayBox(origins[b], directions[b], near, far, hit)
+        rows = (torch.arange(num_rays, device=origins.device) if read_mask is None
+                else read_mask[b].reshape(-1).to(origins.device).nonzero()[:, 0])
+        # `chunk_rays` rays at a time: memory is bounded by the chunk, as the faithful render's
+        parts = [render_rays_skipping(renderer, item, skip, rays.select(rows[part]))
+                 for part in _blocks(rows.numel(), chunk_rays)]
+        sums = scatter_rays({key: torch.cat([part[key] for part in parts]) for key in parts[0]} if parts else
+                            render_rays_skipping(renderer, item, skip, rays.select(rows)), rows, num_rays)
         distance = torch.minimum(torch.maximum(expected_distance(sums["distance"], sums["accumulation"]),
                                                lowest[:, None]), highest[:, None])
         per_ray = {"depth": distance * z_per_distance[b], "ray_distance": distance,

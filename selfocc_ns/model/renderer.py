@@ -356,18 +356,22 @@ class SelfOccRenderer(nn.Module):
         background: Optional[Background] = None,
         generator: Optional[torch.Generator] = None,
         fast: Optional[bool] = None,
+        read_mask: Optional[Bool[Tensor, "B N h w"]] = None,
     ) -> RenderOutputs:
         """Eval / viewer render of whole lattices under no_grad, `chunk_rays` rays per batch item at a time.
 
         Only per-ray outputs (depth, ray_distance, accumulation, rgb, semantics, hit) are kept, so memory
         is bounded by the chunk, not by the lattice size. Leading dims [B, N, h, w]. `fast` (default
-        `fast_eval`, never in training) renders the same with empty-space skipping (`model/fast_render.py`).
+        `fast_eval`, never in training) renders the same with empty-space skipping (`model/fast_render.py`);
+        it also renders only the rays of `read_mask` (the ones the caller reads; NaN elsewhere), which the
+        faithful render, a reference, ignores.
         """
         chunk = chunk_rays or self.config.eval_chunk_rays
         if (self.config.fast_eval if fast is None else fast) and not self.training:
             from selfocc_ns.model.fast_render import render_cameras_skipping
 
-            return render_cameras_skipping(self, grid, lattice_px, intrinsics, cam2ego, chunk, background, generator)
+            return render_cameras_skipping(self, grid, lattice_px, intrinsics, cam2ego, chunk, background, generator,
+                                           read_mask)
         origins, directions, z_per_distance = lattice_rays(lattice_px, intrinsics, cam2ego)
         pieces: Dict[str, list] = {}
         for start in range(0, origins.shape[1], chunk):

@@ -219,3 +219,28 @@ def test_fast_eval_is_the_default_and_training_stays_faithful(monkeypatch):
     assert calls == [1]
     with pytest.raises(ValueError, match="eval only"):
         original(renderer, grid, lattice, intrinsics, cam2ego, 1000)
+
+
+@pytest.mark.parametrize("preset", ["selfocc-tiny", "selfocc"])
+def test_read_mask_renders_only_its_rays_and_those_as_without_it(preset):
+    """Rays outside the mask are NaN with 0 reads; the others equal the unmasked fast render (and so the faithful
+    one), also under the official global clip over chunks, with chunks smaller than the masked rays."""
+    renderer = preset_renderer(preset, 40.0, num_samples=64)
+    grid = street_grid(5)
+    cam2ego, intrinsics, image_hw = look_around_cameras()
+    lattice = fixed_lattice_px(image_hw, image_hw).expand(1, 6, *image_hw, 2)
+    mask = torch.rand(1, 6, *image_hw, generator=torch.Generator().manual_seed(3)) < 0.2
+    whole = renderer.render_cameras_chunked(grid, lattice, intrinsics, cam2ego, 997, fast=True)
+    masked = renderer.render_cameras_chunked(grid, lattice, intrinsics, cam2ego, 997, fast=True, read_mask=mask)
+    for name in ("depth", "ray_distance", "accumulation", "rgb", "semantics"):
+        ours, theirs = getattr(masked, name), getattr(whole, name)
+        torch.testing.assert_close(ours[mask], theirs[mask], rtol=1e-6, atol=1e-6)
+        assert torch.isnan(ours[~mask]).all()
+    assert torch.equal(masked.hit, whole.hit)
+    assert (masked.samples_evaluated[~mask] == 0).all()
+    assert torch.equal(masked.samples_evaluated[mask], whole.samples_evaluated[mask])
+    # the faithful reference ignores the mask (it renders every ray)
+    faithful = renderer.render_cameras_chunked(grid, lattice, intrinsics, cam2ego, 997, fast=False, read_mask=mask)
+    assert not torch.isnan(faithful.depth).any()
+    with pytest.raises(ValueError, match="does not match the lattice"):
+        renderer.render_cameras_chunked(grid, lattice, intrinsics, cam2ego, fast=True, read_mask=mask[..., 1:])
