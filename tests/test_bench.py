@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from selfocc_ns.scripts.bench import SelfOccBench, street_distance_m, street_sdf
 
@@ -15,7 +16,10 @@ def test_bench_runs_and_writes_the_report(tiny_run, tiny_pipeline, tmp_path):
     bench = SelfOccBench(load_config=tiny_run, output_path=out, samples=1, training_steps=1,
                          memory_fractions=(0.25, 0.5), geometry=("selfocc",), geometry_inv_s=(100.0,),
                          geometry_stride=1, geometry_lattice_hw=(9, 16))
+    before = {key: value.clone() for key, value in tiny_pipeline.state_dict().items()}
     report = bench.main(pipeline=tiny_pipeline)
+    after = tiny_pipeline.state_dict()
+    assert all(torch.equal(before[key], after[key]) for key in before)  # the shared checkpoint is left as it was
     written = json.loads(out.read_text())
     assert set(written) == set(report)
     for key in ("render/speedup", "render/max_rel_metric_diff", "faithful/depth/seconds_per_sample",
@@ -38,8 +42,6 @@ def test_bench_refuses_a_missing_config_and_an_empty_run(tmp_path):
 
 def test_street_ray_cast_agrees_with_its_sdf():
     """The street's exact ray cast lands on its SDF's zero set (ground and box faces)."""
-    import torch
-
     origins = torch.tensor([[0.0, 0.0, 1.6]]).expand(5, 3)
     directions = torch.nn.functional.normalize(torch.tensor(
         [[1.0, 0.0, -0.1], [1.0, 0.4, -0.01], [0.0, -1.0, -0.05], [-1.0, 0.0, -0.3], [1.0, 0.1, -0.02]]), dim=-1)

@@ -263,12 +263,14 @@ TRAINING_PARTS = ("data", "backbone", "lifting", "field decode", "rendering", "l
 
 def bench_training_step(pipeline, steps: int, device: torch.device) -> Dict[str, float]:
     """Seconds per training step and part (mean over `steps` after one warm-up step), by timing the calls the
-    model makes (rendering = the camera render; losses include the reprojection loss's image reads)."""
+    model makes (rendering = the camera render; losses include the reprojection loss's image reads). No optimiser
+    step is taken, and the state the forward passes move (batch-norm statistics) is restored afterwards."""
     model, dm = pipeline.model, pipeline.datamanager
     parts: Dict[str, List[float]] = {part: [] for part in TRAINING_PARTS + ("other",)}
     targets = [(dm, "next_train", "data"), (model.image_encoder, "forward", "backbone"),
                (model.encoder, "forward", "lifting"), (model.field, "decode", "field decode"),
                (model.renderer, "render_cameras", "rendering"), (model, "get_loss_dict", "losses")]
+    state = {key: value.clone() for key, value in pipeline.state_dict().items()}  # train mode moves BN statistics
     pipeline.train()
     try:
         for step in range(steps + 1):
@@ -291,6 +293,8 @@ def bench_training_step(pipeline, steps: int, device: torch.device) -> Dict[str,
                 for part in parts:
                     parts[part].append(sum(times[part]))
     finally:
+        pipeline.load_state_dict(state)
+        pipeline.zero_grad(set_to_none=True)
         pipeline.eval()
     report = {f"train/{part.replace(' ', '_')}/seconds": mean(values) for part, values in parts.items()}
     report["train/step/seconds"] = sum(report.values())
