@@ -28,10 +28,22 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch.cuda.amp.grad_scaler import GradScaler
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from selfocc_ns.checkpoints import install_eval_fallback
 from selfocc_ns.data.datamanager import SelfOccDataManagerConfig
 from selfocc_ns.eval.options import EvalOptions
+from selfocc_ns.eval.outputs import json_safe
 from selfocc_ns.eval.runner import Evaluator, evaluate_batches, median_lidar_depth, numeric_results
 from selfocc_ns.model.selfocc import SelfOccModelConfig
+
+
+class EvaluationFailed(RuntimeError):
+    """An evaluation that stopped part-way (a file that only fails when read); carries what was scored so far."""
+
+    def __init__(self, message: str, partial_results: Dict[str, Any], samples_done: int, samples_total: int):
+        super().__init__(message)
+        self.partial_results = partial_results
+        self.samples_done = samples_done
+        self.samples_total = samples_total
 
 
 @dataclass
@@ -76,6 +88,7 @@ class SelfOccPipeline(VanillaPipeline):
         grad_scaler: Optional[GradScaler] = None,
     ):
         Pipeline.__init__(self)
+        install_eval_fallback()  # eval_setup (ns-eval, ns-viewer, ns-render) loads the newest VALID checkpoint
         self.config = config
         self.test_mode = test_mode
         self.datamanager = config.datamanager.setup(
@@ -186,9 +199,17 @@ class SelfOccPipeline(VanillaPipeline):
         with self._eval_mode():
             evaluator = Evaluator(self.model, options, self.datamanager.eval_index.cameras, baseline_depth_m)
             batches = self.datamanager.iter_eval_batches(indices, novel_views="novel-depth" in options.tasks)
-            for n, (batch, outputs) in enumerate(evaluate_batches(evaluator, batches, progress, len(indices))):
-                if output_path is not None:
-                    write_eval_images(output_path, batch, outputs, indices[n])
+            try:
+                for n, (batch, outputs) in enumerate(evaluate_batches(evaluator, batches, progress, len(indices))):
+                    if output_path is not None:
+                        write_eval_images(output_path, batch, outputs, indices[n])
+            except Exception as err:
+                if self.world_size > 1:
+                    raise  # the other ranks could not all-reduce a partial result
+                raise EvaluationFailed(
+                    f"evaluation stopped after {evaluator.samples} of {len(indices)} keyframes: {err}",
+                    evaluator.results(), evaluator.samples, len(indices),
+                ) from err
             results = evaluator.results()
         return results
 
@@ -207,6 +228,11 @@ class SelfOccPipeline(VanillaPipeline):
         numeric = numeric_results(results)
         if not get_std:
             numeric = {k: v for k, v in numeric.items() if not k.endswith("_std")}
+        if step is None:  # ns-eval json.dumps this: NaN would be written as the non-standard `NaN`
+            numeric, non_finite = json_safe(numeric)
+            if non_finite:
+                CONSOLE.print(f"[bold yellow]selfocc warning:[/bold yellow] non-finite metric(s) reported as null: "
+                              f"{', '.join(non_finite)}", soft_wrap=True)
         return numeric
 
     @torch.no_grad()

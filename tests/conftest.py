@@ -94,3 +94,29 @@ def tiny_pipeline(tiny_run):
 
     _, pipeline, _, _ = load_pipeline(tiny_run, max_workers=0)
     return pipeline
+
+
+@pytest.fixture
+def world_copy(small_world, tmp_path) -> Path:
+    """A private copy of the session world, for a test that corrupts it (fault injection)."""
+    import shutil
+
+    root = tmp_path / "world"
+    shutil.copytree(small_world, root)
+    return root
+
+
+def copy_run(config: Path, dest: Path) -> Path:
+    """A copy of a training run (config.yml and checkpoints) under `dest`, its config pointing at the copy."""
+    import shutil
+
+    import yaml
+
+    run_dir = config.parent
+    new_run = dest / run_dir.relative_to(training_dir(config))
+    shutil.copytree(run_dir, new_run)
+    trainer_config = yaml.load(config.read_text(), Loader=yaml.Loader)
+    output_dir = Path(trainer_config.output_dir)
+    trainer_config.output_dir = dest / (output_dir.relative_to(training_dir(config)) if output_dir.is_absolute() else output_dir)
+    (new_run / "config.yml").write_text(yaml.dump(trainer_config), "utf8")
+    return new_run / "config.yml"

@@ -55,7 +55,8 @@ def test_selfocc_eval_cli_flags_table_progress_and_json(tiny_run, tmp_path):
     )
     report = json.loads(out.read_text())
     assert report["split"] == "mini_val" and report["num_samples"] == 1 and report["step"] == 5
-    assert report["protocol"] == {"occupancy": "occ3d", "threshold_m": 0.1, "depth_flip": True, "lattice_fraction": 0.5}
+    assert report["protocol"] == {"occupancy": "occ3d", "threshold_m": 0.1, "occupancy_mask": "camera",
+                                  "depth_flip": True, "lattice_fraction": 0.5}
     results = report["results"]
     assert results["occ/protocol"] == "occ3d" and results["occ/threshold_m"] == 0.1 and results["depth/flip"] == 1.0
     assert "occ/miou" in results and "occ/miou_sum17" not in results  # the clean protocol: Occ3D's own mIoU
@@ -80,3 +81,36 @@ def test_selfocc_eval_load_step_picks_that_checkpoint(tiny_run, tmp_path):
     assert report["step"] == 3 and report["checkpoint"].endswith("step-000000003.ckpt")
     with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 4: .*found: step-000000003.ckpt, step-000000005.ckpt"):
         load_pipeline(tiny_run, load_step=4, max_workers=0)
+
+
+def test_selfocc_eval_flags_default_to_the_runs_evaluation_options(tmp_path):
+    """A run of an official preset is scored with its own (official) protocol unless a flag says otherwise."""
+    import dataclasses
+
+    import yaml
+
+    from selfocc_ns.methods import selfocc
+    from selfocc_ns.scripts.eval import cli
+
+    config = selfocc.config
+    run_options = config.pipeline.evaluation
+    assert run_options.eval_lattice == "official" and run_options.novel_depth_gt == "keyframe_lidar2img"
+    run_options = dataclasses.replace(run_options, tasks=("occupancy",), occupancy_threshold=0.25)
+    config = dataclasses.replace(config, pipeline=dataclasses.replace(config.pipeline, evaluation=run_options))
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.dump(config), "utf8")
+
+    parsed = cli(["--load-config", str(path)])
+    assert parsed.evaluation == run_options and parsed.load_config == path
+    parsed = cli([f"--load-config={path}", "--tasks", "depth", "--occupancy-mask", "lidar"])
+    assert parsed.evaluation == dataclasses.replace(run_options, tasks=("depth",), occupancy_mask="lidar")
+    # an unreadable config leaves the package defaults (eval_setup reports the real error in main())
+    broken = tmp_path / "broken.yml"
+    broken.write_text("{: not yaml", "utf8")
+    assert cli(["--load-config", str(broken)]).evaluation == EvalOptionsDefault()
+
+
+def EvalOptionsDefault():
+    from selfocc_ns.eval.options import EvalOptions
+
+    return EvalOptions()

@@ -4,6 +4,7 @@ mirrored rig of flip TTA, novel depth end to end, and the depth-only render path
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -105,7 +106,7 @@ class TruthModel:
             values = values.roll(self.shift_voxels, dims=2)
         return FieldGrid(values, grid.range_m, 0, NUM_SEMANTIC)
 
-    def render_depth(self, grid, intrinsics, cam2ego, image_hw, lattice_fraction=None, lattice_px=None):
+    def render_depth(self, grid, intrinsics, cam2ego, image_hw, lattice_fraction=None, lattice_px=None, read_mask=None):
         token, mirrored, ego2ref = self.current
         scene, pose, t_us = self.scene_at(token)
         if lattice_px is None:
@@ -411,11 +412,13 @@ def test_depth_only_render_equals_the_full_render_and_chunks_rays(tiny_pipeline)
         return original(grid, origins, *args, **kwargs)
 
     model.renderer.render_rays = spy
+    model.renderer.config.fast_eval = False  # the faithful render's chunks (the fast one's: test_fast_render.py)
     try:
         evaluator = Evaluator(model, EvalOptions(("depth",), lattice_fraction=1.0), CAMERAS)
         depth = evaluator.add(batch)["depth"]
     finally:
         del model.renderer.render_rays
+        model.renderer.config.fast_eval = True
     assert depth.shape[2:] == image_hw
     chunk = model.config.renderer.eval_chunk_rays
     assert sum(rays_per_call) == 6 * image_hw[0] * image_hw[1] and max(rays_per_call) <= chunk < sum(rays_per_call)
@@ -508,7 +511,7 @@ def test_occupancy_of_a_lidar_frame_field_is_read_at_the_ego_voxels(lidar_dm):
     out.model.grid = grid
     assert torch.equal(out.add(batch)["occupancy"][0], pred)
     voxels = field_at_voxels(grid, ego2ref)
-    torch.testing.assert_close(voxels.sdf_m, sdf, atol=1e-5, rtol=0)
+    torch.testing.assert_close(voxels.sdf_m, sdf, atol=1e-5, rtol=1e-6)  # float32 rounding at 40 m
 
 
 def test_official_lattice_renders_450x800_scaled_and_reads_it_officially(small_world, eval_dm, truth_batches):
@@ -578,3 +581,48 @@ def test_novel_depth_with_the_official_truth_and_lattice(small_world, lidar_dm):
     assert rig["novel_depth/num_images"] == own["novel_depth/num_images"] > 0
     official = results["official", "keyframe_lidar2img"]
     assert official["eval/lattice"] == "official" and official["novel_depth/abs_rel"] > 0.05
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_fast_eval_reproduces_the_faithful_depth_metrics(tiny_pipeline, flip):
+    """The default fast eval (empty-space skipping, only the lattice points the LiDAR reads) against the faithful
+    renderer (`renderer.fast_eval False`) on the session checkpoint: the same depth metrics, also with the flip TTA
+    (its mirrored render reads the mirrored mask)."""
+    model = tiny_pipeline.model
+    batches = list(tiny_pipeline.datamanager.iter_eval_batches([0, 1]))
+    results = {}
+    for fast in (False, True):
+        model.renderer.config.fast_eval = fast
+        try:
+            evaluator = Evaluator(model, EvalOptions(("depth",), flip=flip, baseline=False), CAMERAS)
+            depth = [evaluator.add(batch)["depth"] for batch in batches]
+        finally:
+            model.renderer.config.fast_eval = True
+        results[fast] = evaluator.results()
+        if fast:  # only what the LiDAR reads was rendered
+            assert 0.0 < float(torch.isnan(depth[0]).float().mean()) < 1.0
+    keys = [k for k in results[False] if k.startswith("depth/") and isinstance(results[False][k], float)]
+    assert any(k.endswith("abs_rel") for k in keys) and any(k.endswith("/a1") for k in keys)
+    for key in keys:
+        assert results[True][key] == pytest.approx(results[False][key], rel=1e-4, abs=1e-6), key
+
+
+def test_occupancy_lattice_read_equals_the_per_point_read():
+    """`predict_occupancy` reads (separable lattice read vs one `grid_sample` per point) give the same classes and
+    SDF, in an ego frame, a LiDAR-like frame (90 deg about z, shifted) and a rotated one (falls back to points)."""
+    from selfocc_ns.eval.runner import predict_occupancy
+
+    generator = torch.Generator().manual_seed(0)
+    coarse = torch.randn(1, 19, 6, 6, 3, generator=generator)
+    values = torch.nn.functional.interpolate(coarse, size=(41, 41, 9), mode="trilinear", align_corners=True)
+    grid = FieldGrid(values, (-40.0, -40.0, -1.0, 40.0, 40.0, 5.4), 0, 18)
+    lidar_like = torch.tensor([[0.0, 1.0, 0.0, 0.9], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.8], [0, 0, 0, 1.0]])
+    c, s = math.cos(0.3), math.sin(0.3)
+    rotated = torch.tensor([[c, -s, 0.0, 0.0], [s, c, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0, 0, 0, 1.0]])
+    for protocol in ("selfocc", "occ3d"):
+        for ego2ref in (None, lidar_like, rotated):
+            fast, fast_sdf = predict_occupancy(grid, protocol, 0.0, ego2ref)
+            reference, sdf = predict_occupancy(grid, protocol, 0.0, ego2ref, reads="points")
+            torch.testing.assert_close(fast_sdf, sdf, atol=1e-5, rtol=1e-5)
+            near_tie = (sdf.abs() < 1e-5)  # the occupancy threshold can flip within float rounding
+            assert ((fast == reference) | near_tie).all() and (fast != FREE_ID).any() and (fast == FREE_ID).any()

@@ -23,6 +23,7 @@ from selfocc_ns.metrics import (
     distance_bin,
     flat_ground_prediction,
     format_table,
+    lattice_read_mask,
     merge_results,
     official_occupancy_prediction,
     official_query_points,
@@ -98,6 +99,22 @@ def test_sample_depth_at_points_gradient_weights():
     assert grad[0, 1].item() == pytest.approx(0.85 * 0.15)  # (1 - fx) * (1 - fy)
     assert grad[1, 2].item() == pytest.approx(0.15 * 0.85)  # fx * fy
     assert int((grad != 0).sum()) == 4
+
+
+@pytest.mark.parametrize("lattice", ["pixel_centre", "official"])
+def test_lattice_read_mask_holds_every_value_the_read_uses(lattice):
+    """A map that is NaN outside `lattice_read_mask` reads exactly as the whole map (points on lattice lines,
+    the border and beyond it included); the mask is no larger than four corners per point."""
+    generator = torch.Generator().manual_seed(0)
+    image_hw, lattice_hw = (90, 160), (45, 80)
+    depth = torch.rand(lattice_hw, generator=generator) * 50 + 1
+    uv = torch.rand(300, 2, generator=generator) * torch.tensor([160.0, 90.0])
+    uv = torch.cat([uv, torch.tensor([[0.0, 0.0], [159.99, 89.99], [3.0, 4.0], [2.0, 2.0]])])
+    mask = lattice_read_mask(uv, lattice_hw, image_hw, lattice)
+    holed = torch.where(mask, depth, torch.full_like(depth, math.nan))
+    torch.testing.assert_close(sample_depth_at_points(holed, uv, image_hw, lattice),
+                               sample_depth_at_points(depth, uv, image_hw, lattice), rtol=0, atol=0)
+    assert 0 < int(mask.sum()) <= 4 * uv.shape[0]
 
 
 def test_official_lattice_read_stretches_the_lattice_to_the_image_edges():

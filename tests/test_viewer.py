@@ -334,9 +334,12 @@ class FakeScene:
 
 
 def fake_viewer():
-    server = SimpleNamespace(scene=FakeScene(), on_client_connect=lambda cb: None, get_clients=lambda: {})
+    server = SimpleNamespace(scene=FakeScene(), on_client_connect=lambda cb: None, get_clients=lambda: {},
+                             get_port=lambda: 7007)
     return SimpleNamespace(viser_server=server, step=0, trainer=None, _trigger_rerender=lambda: None,
-                           control_panel=SimpleNamespace(_max_res=SimpleNamespace(value=512)))
+                           control_panel=SimpleNamespace(_max_res=SimpleNamespace(value=512)),
+                           config=SimpleNamespace(websocket_port=None, websocket_port_default=7007),
+                           viewer_info=["Viewer running locally at: http://localhost:7007"])
 
 
 def test_layers_are_drawn_in_the_ego_frame_and_toggle(pipeline):

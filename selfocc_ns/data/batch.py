@@ -68,6 +68,8 @@ class SelfOccBatch:
     """Per batch item, LiDAR points of t in the reference frame of t (eval)."""
     occ_semantics: Optional[Int[Tensor, "B 200 200 16"]] = None
     occ_mask_camera: Optional[Int[Tensor, "B 200 200 16"]] = None
+    occ_mask_lidar: Optional[Int[Tensor, "B 200 200 16"]] = None
+    """Occ3D's LiDAR visibility mask (None when the gts have no `mask_lidar`)."""
     novel: Optional[List[NovelViews]] = None
 
     anchor_is_current: Optional[Tensor] = None

@@ -18,7 +18,6 @@ from typing import Dict, Iterator, List, Literal, Optional, Tuple, Type, Union
 import torch
 import torch.distributed as dist
 from nerfstudio.configs.dataparser_configs import AnnotatedDataParserUnion
-from nerfstudio.data.datamanagers.base_datamanager import DataManager, DataManagerConfig
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
@@ -29,10 +28,11 @@ from selfocc_ns.data.frames import ReferenceFrame, SelfOccIndex
 from selfocc_ns.data.label_maps import SemanticLabelSpace
 from selfocc_ns.data.nuscenes import SelfOccNuScenesDataParserConfig
 from selfocc_ns.data.sampling import FrameSamplingConfig
+from selfocc_ns.data.vanilla_compat import VanillaCompatible, VanillaCompatibleConfig
 
 
 @dataclass
-class SelfOccDataManagerConfig(DataManagerConfig):
+class SelfOccDataManagerConfig(VanillaCompatibleConfig):
     """Surround-view temporal samples for SelfOcc (docs/architecture.md)."""
 
     _target: Type = field(default_factory=lambda: SelfOccDataManager)
@@ -58,6 +58,8 @@ class SelfOccDataManagerConfig(DataManagerConfig):
     """Official photometric distortion of the training input images (brightness, contrast, saturation, hue)."""
     loss_image_scale: float = 1.0 / 255.0
     """Anchor / source (loss) images are pixel values times this (official 1/256)."""
+    unlabelled_anchors: Literal["skip", "refuse"] = "skip"
+    """Anchors without 2D labels: 'skip' leaves them out of the semantic loss (one warning), 'refuse' stops at start-up."""
 
 
 class StepSampler(Sampler):
@@ -96,7 +98,7 @@ def global_rank(local_rank: int) -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else local_rank
 
 
-class SelfOccDataManager(DataManager):
+class SelfOccDataManager(VanillaCompatible):
     """Keeps nerfstudio's `InputDataset`s for bookkeeping (viewer, cameras) and feeds SelfOcc batches."""
 
     config: SelfOccDataManagerConfig
@@ -143,8 +145,12 @@ class SelfOccDataManager(DataManager):
         return self.eval_dataparser_outputs.metadata["selfocc"]
 
     def set_use_semantics(self, use: bool) -> None:
-        """The model says whether it trains a semantic head (for `use_semantics: auto`)."""
+        """The model says whether it trains a semantic head (for `use_semantics: auto`); labels are checked then."""
         self._use_semantics = use
+        if self.use_semantics and self.test_mode == "val":  # training (eval_setup's modes need no anchor labels)
+            from selfocc_ns.data.validate import check_label_coverage
+
+            check_label_coverage(self.train_index, strict=self.config.unlabelled_anchors == "refuse")
 
     def set_semantic_label_space(self, label_space: SemanticLabelSpace) -> None:
         """The model says which label space its semantic head speaks (the 2D labels are checked against it)."""
@@ -176,6 +182,7 @@ class SelfOccDataManager(DataManager):
             photometric_augmentation=self.config.photometric_augmentation and split == "train" and mode == "train",
             loss_image_scale=self.config.loss_image_scale,
             semantic_label_space=self.semantic_label_space,
+            skip_unlabelled=self.config.unlabelled_anchors == "skip",
         )
 
     def _loader(self, dataset, sampler, batch_size: int) -> DataLoader:
@@ -202,6 +209,7 @@ class SelfOccDataManager(DataManager):
             CONSOLE.print(f"selfocc: left out while indexing: {self.train_index.skipped}")
 
     def setup_eval(self):
+        super().setup_eval()  # nerfstudio's eval_dataloader (ns-render spiral starts from its first camera)
         CONSOLE.print(f"selfocc eval: {len(self.eval_index.samples)} keyframes ({self.eval_index.split})")
 
     def next_train(self, step: int) -> Tuple[SelfOccBatch, Dict]:

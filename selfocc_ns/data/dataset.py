@@ -30,7 +30,7 @@ from PIL import Image
 from selfocc_ns.data.batch import NovelViews, SelfOccBatch
 from selfocc_ns.data.frames import CameraImage, Frame, ReferenceFrame, SelfOccIndex, neighbours, reference_pose
 from selfocc_ns.data.label_maps import LABEL_SPACE_FILE, SemanticLabelSpace, check_label_ids, folder_label_space
-from selfocc_ns.data.occ3d import load_labels
+from selfocc_ns.data.occ3d import IGNORE_ID, load_labels
 from selfocc_ns.data.photometric import PhotometricDraws, apply_photometric, draw_photometric
 from selfocc_ns.data.sampling import FrameSamplingConfig, draw_anchor, draw_official, draw_sources, step_generator
 
@@ -135,8 +135,10 @@ def load_lidar_points(path: Path, what: str) -> np.ndarray:
         raw = np.fromfile(path, dtype=np.float32)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"Missing LiDAR file {path} ({what})") from err
-    if raw.size % 5 != 0:
-        raise ValueError(f"Unreadable LiDAR file {path} ({what}): {raw.size} floats is not a multiple of 5")
+    size = Path(path).stat().st_size
+    if size % 20 != 0:  # bytes, not floats: a file cut mid-float still reads as whole floats
+        raise ValueError(f"Unreadable LiDAR file {path} ({what}): {size} bytes is not a whole number of "
+                         "20-byte points (5 float32)")
     return raw.reshape(-1, 5)[:, :3]
 
 
@@ -165,6 +167,7 @@ class SelfOccSampleDataset(torch.utils.data.Dataset):
         photometric_augmentation: bool = False,
         loss_image_scale: float = 1.0 / 255.0,
         semantic_label_space: SemanticLabelSpace = "occ3d",
+        skip_unlabelled: bool = False,
     ):
         if mode not in ("train", "eval"):
             raise ValueError(f"mode must be train or eval, not {mode!r}")
@@ -185,6 +188,8 @@ class SelfOccSampleDataset(torch.utils.data.Dataset):
         self.loss_image_scale = loss_image_scale
         self.semantic_label_space = semantic_label_space
         self._checked_label_folders: set = set()
+        self.skip_unlabelled = skip_unlabelled
+        """An anchor image without a 2D label gets all-ignore labels (left out of the semantic loss) instead of an error."""
 
     def __len__(self) -> int:
         return len(self.index.samples)
@@ -242,7 +247,7 @@ class SelfOccSampleDataset(torch.utils.data.Dataset):
             out["source_frames"] = sources
         if self.use_semantics:
             out["semantics"] = torch.stack(
-                [self._semantics(a_frame.cameras[ch], what) for ch in channels]
+                [self._semantics(a_frame.cameras[ch], what, counters) for ch in channels]
             )
         if self.mode == "eval":
             if frame.lidar_path is not None:
@@ -252,6 +257,8 @@ class SelfOccSampleDataset(torch.utils.data.Dataset):
                 labels = load_labels(frame.occ_path)
                 out["occ_semantics"] = labels["semantics"]
                 out["occ_mask_camera"] = labels["mask_camera"]
+                if "mask_lidar" in labels:
+                    out["occ_mask_lidar"] = labels["mask_lidar"]
             if self.novel_views:
                 out["novel"] = self._novel_views(frames, t, ref_inv, what)
         out["counters"] = counters
@@ -272,7 +279,12 @@ class SelfOccSampleDataset(torch.utils.data.Dataset):
     def _cameras(self, frame: Frame, ref_inv: np.ndarray, what: str):
         return _stack_parts([self._camera(frame.cameras[ch], ref_inv, what) for ch in self.index.cameras])
 
-    def _semantics(self, cam: CameraImage, what: str) -> torch.Tensor:
+    def _semantics(self, cam: CameraImage, what: str, counters: Optional[Dict[str, int]] = None) -> torch.Tensor:
+        if cam.semantics_path is None and self.skip_unlabelled:
+            if counters is not None:
+                counters["semantics: unlabelled anchor images"] = counters.get("semantics: unlabelled anchor images", 0) + 1
+            rows = crop_height(cam.height, self.geometry.ray_crop_fraction)
+            return torch.full((rows, cam.width), IGNORE_ID, dtype=torch.int64)
         if cam.semantics_path is None:
             raise FileNotFoundError(
                 f"Missing 2D label for {cam.image_path.name} ({cam.channel}, {what}); semantics are on, so every anchor "
@@ -368,6 +380,8 @@ def collate_samples(items: List[Dict[str, Any]]) -> SelfOccBatch:
     if "occ_semantics" in first:
         batch.occ_semantics = _tensor([it["occ_semantics"] for it in items], torch.int64)
         batch.occ_mask_camera = _tensor([it["occ_mask_camera"] for it in items], torch.int64)
+        if all("occ_mask_lidar" in it for it in items):
+            batch.occ_mask_lidar = _tensor([it["occ_mask_lidar"] for it in items], torch.int64)
     if "novel" in first:
         batch.novel = [
             NovelViews(

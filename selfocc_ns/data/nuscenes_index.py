@@ -77,16 +77,39 @@ def select_scenes(nusc, data: str, version: str, split: str) -> Tuple[List[dict]
     return [by_name[data]], f"{data}:{split}"
 
 
-def _channel_chain(nusc, first_token: str) -> List[dict]:
+def _linked_record(nusc, record: dict, link: str, scene_name: str) -> dict:
+    """The sample_data `record[link]` ('prev' / 'next') points to, or one error naming both ends."""
+    try:
+        return nusc.get("sample_data", record[link])
+    except KeyError:
+        raise ValueError(
+            f"sample_data {record[link]} is missing from {nusc.table_root}/sample_data.json: it is the {link} of "
+            f"sample_data {record['token']} ({record.get('channel', '?')}, sample {record['sample_token']}, scene "
+            f"{scene_name})"
+        ) from None
+
+
+def _channel_chain(nusc, first_token: str, scene_name: str = "?") -> List[dict]:
     """The whole sample_data chain of a sensor (keyframes and sweeps) through `first_token`, in time order."""
     record = nusc.get("sample_data", first_token)
     while record["prev"]:
-        record = nusc.get("sample_data", record["prev"])
+        record = _linked_record(nusc, record, "prev", scene_name)
     chain = [record]
     while record["next"]:
-        record = nusc.get("sample_data", record["next"])
+        record = _linked_record(nusc, record, "next", scene_name)
         chain.append(record)
     return chain
+
+
+def _require_channels(nusc, sample: dict, channels: Sequence[str], scene_name: str) -> None:
+    """Every keyframe needs a sample_data of every selected camera (and the chains start at the first one)."""
+    missing = [ch for ch in channels if ch not in sample["data"]]
+    if missing:
+        raise ValueError(
+            f"sample {sample['token']} (scene {scene_name}, timestamp {sample['timestamp']}) has no "
+            f"{', '.join(missing)} sample_data in {nusc.table_root}; every keyframe needs all of {', '.join(channels)} "
+            "(or select fewer with --cameras)"
+        )
 
 
 def _nearest(chain: List[dict], stamps: List[int], timestamp_us: int, max_offset_us: int) -> Optional[dict]:
@@ -164,8 +187,13 @@ def build_scene_frames(
     cache = _PoseCache(nusc)
     data_dir = Path(data_dir)
     first_sample = nusc.get("sample", scene["first_sample_token"])
-    chains = {ch: _channel_chain(nusc, first_sample["data"][ch]) for ch in channels}
-    lidar_chain = _channel_chain(nusc, first_sample["data"][LIDAR_CHANNEL]) if LIDAR_CHANNEL in first_sample["data"] else []
+    token = scene["first_sample_token"]
+    while token:  # every keyframe has all cameras, before anything is indexed
+        _require_channels(nusc, nusc.get("sample", token), channels, scene["name"])
+        token = nusc.get("sample", token)["next"]
+    chains = {ch: _channel_chain(nusc, first_sample["data"][ch], scene["name"]) for ch in channels}
+    lidar_chain = (_channel_chain(nusc, first_sample["data"][LIDAR_CHANNEL], scene["name"])
+                   if LIDAR_CHANNEL in first_sample["data"] else [])
     stamps = {ch: [int(sd["timestamp"]) for sd in chain] for ch, chain in chains.items()}
     lidar_stamps = [int(sd["timestamp"]) for sd in lidar_chain]
     reference = "CAM_FRONT" if "CAM_FRONT" in channels else channels[0]

@@ -112,6 +112,7 @@ def load_labels(path: Union[str, Path]) -> Dict[str, np.ndarray]:
         raise ValueError(f"Occ3D ground truth unreadable: {path} ({err})") from err
     if "semantics" not in out or "mask_camera" not in out:
         raise ValueError(f"Occ3D ground truth {path} lacks 'semantics' or 'mask_camera' (keys: {sorted(out)})")
-    if tuple(out["semantics"].shape) != OCC3D_SHAPE:
-        raise ValueError(f"Occ3D ground truth {path}: semantics shape {out['semantics'].shape} != {OCC3D_SHAPE}")
+    for key, value in out.items():
+        if tuple(value.shape) != OCC3D_SHAPE:
+            raise ValueError(f"Occ3D ground truth {path}: {key} shape {value.shape} != {OCC3D_SHAPE}")
     return out

@@ -20,6 +20,8 @@ class EvalOptions:
     """'selfocc': official (linspace points, crops, mIoU over 1..16); 'occ3d': voxel centres, Occ3D's own mIoU."""
     occupancy_threshold: float = 0.0
     """Occupied where SDF <= this (metres; official 0)."""
+    occupancy_mask: Literal["camera", "lidar", "camera_lidar"] = "camera"
+    """Occ3D voxels scored: inside mask_camera (SelfOcc), mask_lidar, or both (OccNeRF, GaussianOcc)."""
     flip: bool = False
     """Horizontal-flip test-time augmentation of the depth task (official --flip)."""
     baseline: bool = True
@@ -40,6 +42,8 @@ class EvalOptions:
         if self.eval_lattice == "official" and self.lattice_fraction is not None:
             raise ValueError("lattice_fraction sets the pixel-centre lattice; the official lattice has the official "
                              "size (450x800, novel depth 96x200, at 1600 px wide): drop one of the two")
+        if self.occupancy_mask not in ("camera", "lidar", "camera_lidar"):
+            raise ValueError(f"unknown occupancy mask {self.occupancy_mask!r}; expected camera, lidar or camera_lidar")
 
     @property
     def needs_depth_baseline(self) -> bool:

@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Literal, Optional, Proto
 
 import numpy as np
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from selfocc_ns.data.batch import NovelViews, SelfOccBatch
@@ -48,13 +48,15 @@ from selfocc_ns.metrics import (
     OccupancyMetricAccumulator,
     constant_median_depth_baseline,
     occupancy_prediction,
+    lattice_read_mask,
     project_lidar,
     query_points,
     sample_depth_at_points,
     semantic_ids,
 )
 from selfocc_ns.metrics.distributed import all_reduce_sum
-from selfocc_ns.model.field_grid import FieldGrid, query_field
+from selfocc_ns.model.field_grid import FieldGrid, lattice_axes, query_field, sample_grid_lattice
+from selfocc_ns.model.rays import eval_lattice_hw
 
 NOVEL_BASELINE_PREFIX = "novel_depth_baseline"
 """Key prefix of the constant-depth baseline of the novel-depth task (a block of its own in the summary)."""
@@ -77,9 +79,11 @@ class EvaluableModel(Protocol):
         ...
 
     def render_depth(self, grid: FieldGrid, intrinsics: Tensor, cam2ego: Tensor, image_hw: Tuple[int, int],
-                     lattice_fraction: Optional[float] = None, lattice_px: Optional[Tensor] = None) -> Any:
+                     lattice_fraction: Optional[float] = None, lattice_px: Optional[Tensor] = None,
+                     read_mask: Optional[Tensor] = None) -> Any:
         """Depth on the eval lattice of every camera (or at `lattice_px`, [h, w, 2] image pixels): an object
-        whose `.depth` is [B, N, h, w, 1]."""
+        whose `.depth` is [B, N, h, w, 1]; only the `read_mask` [B, N, h, w] points are read afterwards (a model
+        may leave the others undefined)."""
         ...
 
 
@@ -169,36 +173,51 @@ def ego_to_ref_points(points_ego: Float[Tensor, "*points 3"], ego2ref: Optional[
 def predict_occupancy(
     grid: FieldGrid, protocol: Literal["selfocc", "occ3d"] = "selfocc", threshold: float = 0.0,
     ego2ref: Optional[Float[Tensor, "4 4"]] = None, label_space: SemanticLabelSpace = "occ3d",
+    reads: Literal["lattice", "points"] = "lattice",
 ) -> Tuple[Int[Tensor, "200 200 16"], Float[Tensor, "200 200 16"]]:
     """Occ3D class grid (uint8, 17 = free; CPU) and the SDF at the protocol's query points, of a B = 1 grid.
 
     The query points are in the keyframe's ego frame (the gts'); `ego2ref` maps them into the grid's reference
     frame first (a LiDAR-frame model). `label_space` says how to read the semantic logits (`semantic_ids`).
+    `reads` "lattice": when the points are an axis-aligned lattice in the grid's frame (any ego2ref that only
+    translates, or permutes axes), the SDF and logits are read as three matrix products (`sample_grid_lattice`: the
+    same values, no per-point gathers); otherwise, or "points", one `grid_sample` read per point (the reference).
     """
     if grid.batch_size != 1:
         raise ValueError(f"predict_occupancy takes one sample (B = 1), got B = {grid.batch_size}")
-    points_ego = query_points(protocol).to(grid.values.device)
-    points = ego_to_ref_points(points_ego, ego2ref)
-    samples = query_field(grid, points.reshape(1, -1, 3))
-    sdf = samples.sdf.reshape(points.shape[:3]).cpu()
-    classes = None
-    if samples.semantic_logits is not None:
-        classes = semantic_ids(samples.semantic_logits.reshape(*points.shape[:3], -1).cpu(), label_space)
+    if reads not in ("lattice", "points"):
+        raise ValueError(f"unknown reads {reads!r}; expected 'lattice' or 'points'")
+    points = ego_to_ref_points(query_points(protocol).to(grid.values.device), ego2ref)
+    shape = points.shape[:3]
+    axes = lattice_axes(points) if reads == "lattice" else None
+    if axes is not None:
+        first_semantic = grid.values.shape[1] - grid.semantic_channels
+        channels = [0] + list(range(first_semantic, grid.values.shape[1]))  # SDF and logits, no colour
+        read = sample_grid_lattice(grid.values[0, channels], axes, grid.range_m).cpu()  # 200 200 16 C
+        sdf = read[..., 0]
+        classes = semantic_ids(read[..., 1:], label_space) if grid.semantic_channels else None
+    else:
+        samples = query_field(grid, points.reshape(1, -1, 3))
+        sdf = samples.sdf.reshape(shape).cpu()
+        classes = None
+        if samples.semantic_logits is not None:
+            classes = semantic_ids(samples.semantic_logits.reshape(*shape, -1).cpu(), label_space)
     return occupancy_prediction(protocol, sdf, classes, threshold), sdf
 
 
-def lidar_depth_pairs(
-    depth_map: Float[Tensor, "h w"], points_ego: Float[Tensor, "P 3"], cam2ego: Tensor, intrinsics: Tensor,
-    image_hw: Tuple[int, int], min_depth_m: float, lattice: Literal["pixel_centre", "official"] = "pixel_centre",
-) -> Tuple[Tensor, Tensor]:
-    """(predicted, LiDAR) depths of one camera image: LiDAR projected, lattice read bilinearly.
-
-    `lattice` "official": strict image bounds and the official lattice read (`sample_depth_at_points`).
-    """
-    uv, gt = project_lidar(points_ego, cam2ego, intrinsics, image_hw, min_depth_m=min_depth_m,
-                           strict_bounds=lattice == "official")
+def read_lidar_pairs(depth_map: Float[Tensor, "h w"], projection: Tuple[Tensor, Tensor], image_hw: Tuple[int, int],
+                     lattice: Literal["pixel_centre", "official"]) -> Tuple[Tensor, Tensor]:
+    """(predicted, LiDAR) depths of a `project_lidar` result (uv, depth) on one camera's depth lattice."""
+    uv, gt = projection
     pred = sample_depth_at_points(depth_map, uv.to(depth_map.dtype), image_hw, lattice)
     return pred, gt.to(pred.dtype)
+
+
+def lidar_read_mask(projections: Sequence[Sequence[Tuple[Tensor, Tensor]]], lattice_hw: Tuple[int, int],
+                    image_hw: Tuple[int, int], lattice: Literal["pixel_centre", "official"]) -> Bool[Tensor, "B N h w"]:
+    """The lattice points the LiDAR reads ([b][c] `project_lidar` results): what a depth render must provide."""
+    return torch.stack([torch.stack([lattice_read_mask(uv, lattice_hw, image_hw, lattice) for uv, _ in cams])
+                        for cams in projections])
 
 
 def keyframe_rig_lidar(views: NovelViews, view: int) -> Float[Tensor, "P 3"]:
@@ -299,38 +318,53 @@ class Evaluator:
         return official_lattice_px(image_hw, official_lattice_hw(base, image_hw[1]))
 
     def _render_depth(self, grid: FieldGrid, intrinsics: Tensor, cam2ego: Tensor, image_hw,
-                      lattice_px: Optional[Tensor] = None) -> Tensor:
-        """[B, N, h, w] depth on the eval lattice (the pixel-centre one, or the given points)."""
+                      lattice_px: Optional[Tensor] = None, read_mask: Optional[Tensor] = None) -> Tensor:
+        """[B, N, h, w] depth on the eval lattice (the pixel-centre one, or the given points); only the `read_mask`
+        points are read afterwards."""
         if self.options.depth_only_render and isinstance(grid, FieldGrid):
             grid = depth_only_grid(grid)
         if lattice_px is None:
-            render = self.model.render_depth(grid, intrinsics, cam2ego, tuple(image_hw), self.options.lattice_fraction)
+            render = self.model.render_depth(grid, intrinsics, cam2ego, tuple(image_hw), self.options.lattice_fraction,
+                                             read_mask=read_mask)
         else:
-            render = self.model.render_depth(grid, intrinsics, cam2ego, tuple(image_hw), lattice_px=lattice_px)
+            render = self.model.render_depth(grid, intrinsics, cam2ego, tuple(image_hw), lattice_px=lattice_px,
+                                             read_mask=read_mask)
         return render.depth[..., 0]
 
+    def lattice_hw(self, lattice_px: Optional[Tensor], image_hw: Tuple[int, int]) -> Tuple[int, int]:
+        """(h, w) of the depth lattice: the given points', or the pixel-centre lattice of `lattice_fraction()`."""
+        if lattice_px is not None:
+            return tuple(lattice_px.shape[:2])  # type: ignore[return-value]
+        return eval_lattice_hw(image_hw, self.lattice_fraction())
+
     def _depth(self, batch: SelfOccBatch, grid: FieldGrid) -> Tensor:
+        """Depth metrics of the batch; the returned [B, N, h, w] map is NaN where no LiDAR point reads it (when the
+        model renders only the points read)."""
         image_hw = tuple(batch.anchor_images.shape[-2:])
         lattice_px = self.official_lattice("depth", image_hw)
-        depth = self._render_depth(grid, batch.anchor_intrinsics, batch.anchor_cam2ego, image_hw, lattice_px)  # B N h w
+        lattice = self.options.eval_lattice
+        assert batch.lidar_points is not None
+        projections = [[project_lidar(batch.lidar_points[b], batch.anchor_cam2ego[b, c], batch.anchor_intrinsics[b, c],
+                                      image_hw, min_depth_m=1.0, strict_bounds=lattice == "official")
+                        for c in range(len(self.camera_names))] for b in range(batch.batch_size)]
+        read_mask = lidar_read_mask(projections, self.lattice_hw(lattice_px, image_hw), image_hw, lattice)
+        depth = self._render_depth(grid, batch.anchor_intrinsics, batch.anchor_cam2ego, image_hw, lattice_px,
+                                   read_mask)  # B N h w
         if self.options.flip:
             mirrored = mirror_batch(batch, self.camera_names)
             mirrored_grid = self.model.encode(mirrored)
             if lattice_px is None:  # pixel centres: column j mirrors onto column w - 1 - j
                 mirrored_depth = self._render_depth(mirrored_grid, mirrored.anchor_intrinsics, mirrored.anchor_cam2ego,
-                                                    image_hw).flip(-1)
+                                                    image_hw, read_mask=read_mask.flip(-1)).flip(-1)
             else:  # the official lattice is not symmetric: render the mirrored rig at the mirrored points
                 mirrored_px = lattice_px.clone()
                 mirrored_px[..., 0] = image_hw[1] - lattice_px[..., 0]
                 mirrored_depth = self._render_depth(mirrored_grid, mirrored.anchor_intrinsics, mirrored.anchor_cam2ego,
-                                                    image_hw, mirrored_px)
+                                                    image_hw, mirrored_px, read_mask)
             depth = 0.5 * (depth + mirrored_depth)
-        assert batch.lidar_points is not None
         for b in range(batch.batch_size):
             for c, name in enumerate(self.camera_names):
-                pred, gt = lidar_depth_pairs(depth[b, c], batch.lidar_points[b], batch.anchor_cam2ego[b, c],
-                                             batch.anchor_intrinsics[b, c], image_hw, min_depth_m=1.0,
-                                             lattice=self.options.eval_lattice)
+                pred, gt = read_lidar_pairs(depth[b, c], projections[b][c], image_hw, lattice)
                 self.depth.add(pred, gt, name)
         return depth
 
@@ -344,16 +378,21 @@ class Evaluator:
             if self.options.depth_only_render and isinstance(item, FieldGrid):
                 item = depth_only_grid(item)  # once per keyframe: the gradient grid is shared by its views
             lattice_px = self.official_lattice("novel-depth", views.image_hw)
+            lattice = self.options.eval_lattice
             for v in range(views.cam2ego.shape[0]):
                 k, pose = views.intrinsics[v][None], views.cam2ego[v][None]
-                depth = self._render_depth(item, k, pose, views.image_hw, lattice_px)[0]
-                distance_m = float(views.distance_m[v])
                 points = keyframe_rig_lidar(views, v) if keyframe_rig else views.lidar_points[v]
                 gt_k = batch.anchor_intrinsics[b] if keyframe_rig else k[0]
                 gt_pose = batch.anchor_cam2ego[b] if keyframe_rig else pose[0]
+                projections = [project_lidar(points, gt_pose[c], gt_k[c], views.image_hw, min_depth_m=NOVEL_MIN_DEPTH_M,
+                                             strict_bounds=lattice == "official")
+                               for c in range(len(self.camera_names))]
+                read_mask = lidar_read_mask([projections], self.lattice_hw(lattice_px, views.image_hw), views.image_hw,
+                                            lattice)
+                depth = self._render_depth(item, k, pose, views.image_hw, lattice_px, read_mask)[0]
+                distance_m = float(views.distance_m[v])
                 for c, name in enumerate(self.camera_names):
-                    pred, gt = lidar_depth_pairs(depth[c], points, gt_pose[c], gt_k[c], views.image_hw,
-                                                 min_depth_m=NOVEL_MIN_DEPTH_M, lattice=self.options.eval_lattice)
+                    pred, gt = read_lidar_pairs(depth[c], projections[c], views.image_hw, lattice)
                     self.novel.add(pred, gt, distance_m, name)
                     if baseline_m is not None:
                         self.novel_baseline.add(constant_median_depth_baseline(gt, baseline_m), gt, distance_m, name)
@@ -365,12 +404,12 @@ class Evaluator:
             pred, _ = predict_occupancy(grid.select(b), self.options.occupancy_protocol,
                                         self.options.occupancy_threshold, batch.ego2ref_of(b),
                                         self.model.semantic_label_space)
-            self.occ.add(pred, batch.occ_semantics[b].cpu(), batch.occ_mask_camera[b].cpu())
+            self.occ.add(pred, batch.occ_semantics[b].cpu(), occupancy_mask(batch, b, self.options.occupancy_mask))
             preds.append(pred)
         return preds
 
     def results(self) -> Dict[str, Any]:
-        """Flat dict of every task's metrics and baselines; `occ/protocol` (and, when not the default,
+        """Flat dict of every task's metrics and baselines; `occ/protocol`, `occ/mask` (and, when not the default,
         `eval/lattice` and `novel_depth/gt`) are the string values.
 
         Also records the options that change the numbers: `depth/flip` (0/1), `eval/lattice_fraction` (pixel-
@@ -397,6 +436,7 @@ class Evaluator:
         if "occupancy" in opts.tasks:
             out.update(self.occ.summary())
             out["occ/threshold_m"] = float(opts.occupancy_threshold)
+            out["occ/mask"] = opts.occupancy_mask
         # counts and times summed over ranks, so every rank reports the whole eval split
         keys = list(self.seconds)
         totals = all_reduce_sum(torch.tensor([float(self.samples)] + [self.seconds[k] for k in keys], dtype=torch.float64))
@@ -406,6 +446,19 @@ class Evaluator:
             if seconds > 0:
                 out[f"eval/seconds_per_sample/{key}"] = seconds / max(1.0, samples)
         return out
+
+
+def occupancy_mask(batch: SelfOccBatch, item: int, kind: str) -> Tensor:
+    """[200, 200, 16] bool mask of the scored voxels of batch item `item`: Occ3D's camera mask, LiDAR mask or both."""
+    assert batch.occ_mask_camera is not None
+    camera = batch.occ_mask_camera[item].cpu().bool()
+    if kind == "camera":
+        return camera
+    if batch.occ_mask_lidar is None:
+        raise ValueError(f"--occupancy-mask {kind} needs mask_lidar in the Occ3D gts; sample {batch.sample_tokens[item]} "
+                         "has none")
+    lidar = batch.occ_mask_lidar[item].cpu().bool()
+    return lidar if kind == "lidar" else camera & lidar
 
 
 def median_lidar_depth(index: SelfOccIndex, max_samples: int = 200) -> float:
@@ -456,10 +509,16 @@ def numeric_results(results: Dict[str, Any]) -> Dict[str, float]:
 
 
 def write_results_json(path: Path, report: Dict[str, Any]) -> Path:
-    """Write a report as strict JSON (indent 2), creating the folder."""
+    """Write a report as strict JSON (indent 2), creating the folder; non-finite numbers become null (one warning)."""
     import json
 
+    from selfocc_ns.eval.outputs import json_safe
+
+    clean, non_finite = json_safe(report)
+    if non_finite:
+        shown = ", ".join(non_finite[:8]) + (f" and {len(non_finite) - 8} more" if len(non_finite) > 8 else "")
+        print(f"selfocc warning: {len(non_finite)} non-finite value(s) written as null to {path}: {shown}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, allow_nan=False), "utf8")
+    path.write_text(json.dumps(clean, indent=2, allow_nan=False), "utf8")
     return path

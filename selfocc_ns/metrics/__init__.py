@@ -1,6 +1,6 @@
 """Evaluation metrics of the official SelfOcc protocol (docs/evaluation.md), with baselines.
 
-- depth: `depth_errors`, `sample_depth_at_points`, `project_lidar`, `DepthMetricAccumulator`,
+- depth: `depth_errors`, `sample_depth_at_points`, `lattice_read_mask`, `project_lidar`, `DepthMetricAccumulator`,
   `NovelDepthAccumulator`, `constant_median_depth_baseline`, `DepthHistogramMedian`;
 - occupancy: `official_query_points`, `clean_query_points`, `official_occupancy_prediction`,
   `clean_occupancy_prediction`, `flat_ground_prediction`, `OccupancyMetricAccumulator`;
@@ -17,6 +17,7 @@ from selfocc_ns.metrics.depth import (
     constant_median_depth_baseline,
     depth_error_vector,
     depth_errors,
+    lattice_read_mask,
     median_scale_factor,
     project_lidar,
     sample_depth_at_points,
@@ -48,6 +49,7 @@ __all__ = [
     "constant_median_depth_baseline",
     "depth_error_vector",
     "depth_errors",
+    "lattice_read_mask",
     "median_scale_factor",
     "project_lidar",
     "sample_depth_at_points",

@@ -27,7 +27,7 @@ import math
 from typing import Any, Dict, Literal, Optional, Sequence, Tuple, Union
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from selfocc_ns.metrics.distributed import all_reduce_sum
@@ -130,32 +130,57 @@ def sample_depth_at_points(
     Points beyond the outermost lattice samples take the border value (as the official
     `grid_sample(..., padding_mode="border")`).
     """
-    h_l, w_l = depth_map.shape
-    height, width = image_hw
-    u, v = uv_px[:, 0].to(depth_map.dtype), uv_px[:, 1].to(depth_map.dtype)
-    if lattice == "official":
-        x, y = u * ((w_l - 1) / width), v * ((h_l - 1) / height)
-    elif lattice == "pixel_centre":
-        # continuous lattice index: sample k sits at image coordinate (k + 0.5) * size / lattice_size
-        x, y = u * (w_l / width) - 0.5, v * (h_l / height) - 0.5
-    else:
-        raise ValueError(f"lattice must be 'pixel_centre' or 'official', not {lattice!r}")
+    x, y = lattice_index(uv_px.to(depth_map.dtype), tuple(depth_map.shape), image_hw, lattice)
     return bilinear_at_index(depth_map, x, y)
 
 
-def bilinear_at_index(
-    image: Float[Tensor, "h w"], x: Float[Tensor, "P"], y: Float[Tensor, "P"]
-) -> Float[Tensor, "P"]:
-    """Bilinear value of a 2D map at continuous (column, row) indices, clamped to the border."""
-    h_l, w_l = image.shape
+def lattice_index(
+    uv_px: Float[Tensor, "P 2"], lattice_hw: Tuple[int, int], image_hw: Tuple[int, int],
+    lattice: Literal["pixel_centre", "official"] = "pixel_centre",
+) -> Tuple[Float[Tensor, "P"], Float[Tensor, "P"]]:
+    """Continuous (column, row) lattice indices of image points, as `sample_depth_at_points` reads them."""
+    h_l, w_l = lattice_hw
+    height, width = image_hw
+    u, v = uv_px[:, 0], uv_px[:, 1]
+    if lattice == "official":
+        return u * ((w_l - 1) / width), v * ((h_l - 1) / height)
+    if lattice == "pixel_centre":
+        # continuous lattice index: sample k sits at image coordinate (k + 0.5) * size / lattice_size
+        return u * (w_l / width) - 0.5, v * (h_l / height) - 0.5
+    raise ValueError(f"lattice must be 'pixel_centre' or 'official', not {lattice!r}")
+
+
+def lattice_read_mask(
+    uv_px: Float[Tensor, "P 2"], lattice_hw: Tuple[int, int], image_hw: Tuple[int, int],
+    lattice: Literal["pixel_centre", "official"] = "pixel_centre", dtype: torch.dtype = torch.float32,
+) -> Bool[Tensor, "h_l w_l"]:
+    """The lattice samples `sample_depth_at_points` reads for these points from a `dtype` map (all four corners of
+    each, whatever their weight): the depth map elsewhere never enters the metrics."""
+    x, y = lattice_index(uv_px.to(dtype), lattice_hw, image_hw, lattice)
+    x0, x1, y0, y1, _, _ = bilinear_corners(lattice_hw, x, y)
+    mask = torch.zeros(lattice_hw, dtype=torch.bool, device=uv_px.device)
+    for rows, cols in ((y0, x0), (y0, x1), (y1, x0), (y1, x1)):
+        mask[rows, cols] = True
+    return mask
+
+
+def bilinear_corners(lattice_hw: Tuple[int, int], x: Float[Tensor, "P"], y: Float[Tensor, "P"]):
+    """(x0, x1, y0, y1, fx, fy): the corner indices and fractions of a bilinear read clamped to the border."""
+    h_l, w_l = lattice_hw
     x = x.clamp(0, w_l - 1)
     y = y.clamp(0, h_l - 1)
     x0 = x.floor().long().clamp(0, w_l - 1)
     y0 = y.floor().long().clamp(0, h_l - 1)
     x1 = (x0 + 1).clamp(max=w_l - 1)
     y1 = (y0 + 1).clamp(max=h_l - 1)
-    fx = x - x0.to(x.dtype)
-    fy = y - y0.to(y.dtype)
+    return x0, x1, y0, y1, x - x0.to(x.dtype), y - y0.to(y.dtype)
+
+
+def bilinear_at_index(
+    image: Float[Tensor, "h w"], x: Float[Tensor, "P"], y: Float[Tensor, "P"]
+) -> Float[Tensor, "P"]:
+    """Bilinear value of a 2D map at continuous (column, row) indices, clamped to the border."""
+    x0, x1, y0, y1, fx, fy = bilinear_corners(tuple(image.shape), x, y)
     top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
     bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
     return top * (1 - fy) + bottom * fy

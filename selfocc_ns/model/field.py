@@ -11,9 +11,10 @@ Geometric prior (`sdf_prior`): an analytic SDF evaluated at the grid points is *
 channel and the last layer's SDF row starts at zero, so the untrained field is exactly the prior and the
 network learns a residual (a reparametrisation: any SDF is still reachable). `sdf_output_scale_m` > 1 lets
 short runs move surfaces by metres (Adam's steps are scale-free in the output). 'free' (not official) is
-the constant `free_sdf_m`: the untrained field is empty and every surface has to be asked for by a loss. The 'ground_shell' wall
-only catches rays that reach it before leaving through the top of the box: with the occ range (z_max
-5.4 m) a nuScenes camera (1.6 m high, 19.6 deg half vertical FOV) needs a radius <= ~10 m for its top rows.
+the constant `free_sdf_m`: the untrained field is empty and every surface has to be asked for by a loss. The
+'ground_shell' wall only catches rays that reach it before leaving through the top of the box: with the occ
+range (z_max 5.4 m) a nuScenes camera (1.6 m high, 19.6 deg half vertical FOV) needs a radius <= ~10 m for its
+top rows.
 """
 
 from __future__ import annotations

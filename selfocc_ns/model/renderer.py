@@ -44,6 +44,8 @@ from selfocc_ns.model.rays import (
 )
 
 Background = Union[Literal["random", "black", "white"], Tensor]
+NEUS_ALPHA_EPS = 1e-5
+"""The +1e-5 of NeuS alpha's numerator and denominator: alpha is never below eps / (1 + eps), and ~1 inside solid."""
 
 
 class NeuSAlpha(nn.Module):
@@ -81,7 +83,7 @@ class NeuSAlpha(nn.Module):
             iter_cos = -(F.relu(0.5 - 0.5 * true_cos) * (1.0 - cos_anneal_ratio) + F.relu(-true_cos) * cos_anneal_ratio)
         prev_cdf = torch.sigmoid((sdf - iter_cos * deltas_m * 0.5) * inv_s)
         next_cdf = torch.sigmoid((sdf + iter_cos * deltas_m * 0.5) * inv_s)
-        return ((prev_cdf - next_cdf + 1e-5) / (prev_cdf + 1e-5)).clip(0.0, 1.0)
+        return ((prev_cdf - next_cdf + NEUS_ALPHA_EPS) / (prev_cdf + NEUS_ALPHA_EPS)).clip(0.0, 1.0)
 
 
 @dataclass
@@ -108,6 +110,8 @@ class RenderOutputs:
     """Per-sample SDF gradient (for the eikonal loss)."""
     hit: Optional[Bool[Tensor, "*rays"]] = None
     """The ray crosses the scene box."""
+    samples_evaluated: Optional[Float[Tensor, "*rays 1"]] = None
+    """Samples whose field was read (the empty-space-skipping renderer; the faithful one reads all S)."""
 
     @property
     def weights_normalised(self) -> Float[Tensor, "*rays S"]:
@@ -137,6 +141,11 @@ def background_colour(
     if background in ("black", "white"):
         return torch.full((*shape, 3), 0.0 if background == "black" else 1.0, device=device)
     raise ValueError(f"unknown background {background!r}")
+
+
+def expected_distance(weighted_distance_m: Tensor, accumulation: Tensor) -> Tensor:
+    """sum(w t) / sum(w) (0 for rays with no weight: the clip then moves them to the nearest midpoint)."""
+    return weighted_distance_m / (accumulation + 1e-10)
 
 
 def clip_ray_distance(
@@ -190,6 +199,14 @@ class SelfOccRendererConfig(InstantiateConfig):
     """NeuS cos_anneal_ratio = min(1, step / this) in training, 1 at eval; 0 keeps it at 1 (official 5000)."""
     train_lattice: Literal["per_camera", "official_shared"] = "per_camera"
     """Training rays: a lattice per camera at cell centres, or (official) one shared by all cameras at e + k s."""
+    fast_eval: bool = True
+    """Eval / export / viewer renders skip empty space and stop opaque rays (model/fast_render.py); False: faithful."""
+    fast_alpha_excess: float = 1e-7
+    """Skip a sample when its NeuS alpha provably exceeds its floor eps / (1 + eps) by at most this."""
+    fast_stop_transmittance: float = 1e-6
+    """Stop a ray once its transmittance is below this (what follows weighs less)."""
+    fast_cell_m: float = 0.5
+    """Cell size of the skipping bounds: grid cells are split until no side is longer (within a memory cap)."""
 
 
 class SelfOccRenderer(nn.Module):
@@ -286,7 +303,7 @@ class SelfOccRenderer(nn.Module):
         packed = self._packed(device)
         weights = composite_weights(alphas, packed, cfg.transmittance_eps)
         accumulation = accumulate(weights, None, packed)
-        ray_distance = accumulate(weights, t_m[..., None], packed) / (accumulation + 1e-10)
+        ray_distance = expected_distance(accumulate(weights, t_m[..., None], packed), accumulation)
         ray_distance = clip_ray_distance(ray_distance, t_m, cfg.depth_clip)
         depth = ray_distance if z_per_distance is None else ray_distance * z_per_distance
 
@@ -338,13 +355,23 @@ class SelfOccRenderer(nn.Module):
         chunk_rays: Optional[int] = None,
         background: Optional[Background] = None,
         generator: Optional[torch.Generator] = None,
+        fast: Optional[bool] = None,
+        read_mask: Optional[Bool[Tensor, "B N h w"]] = None,
     ) -> RenderOutputs:
         """Eval / viewer render of whole lattices under no_grad, `chunk_rays` rays per batch item at a time.
 
         Only per-ray outputs (depth, ray_distance, accumulation, rgb, semantics, hit) are kept, so memory
-        is bounded by the chunk, not by the lattice size. Leading dims [B, N, h, w].
+        is bounded by the chunk, not by the lattice size. Leading dims [B, N, h, w]. `fast` (default
+        `fast_eval`, never in training) renders the same with empty-space skipping (`model/fast_render.py`);
+        it also renders only the rays of `read_mask` (the ones the caller reads; NaN elsewhere), which the
+        faithful render, a reference, ignores.
         """
         chunk = chunk_rays or self.config.eval_chunk_rays
+        if (self.config.fast_eval if fast is None else fast) and not self.training:
+            from selfocc_ns.model.fast_render import render_cameras_skipping
+
+            return render_cameras_skipping(self, grid, lattice_px, intrinsics, cam2ego, chunk, background, generator,
+                                           read_mask)
         origins, directions, z_per_distance = lattice_rays(lattice_px, intrinsics, cam2ego)
         pieces: Dict[str, list] = {}
         for start in range(0, origins.shape[1], chunk):

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.models.base_model import Model, ModelConfig
 from torch import Tensor
@@ -270,15 +270,17 @@ class SelfOccModel(Model):
         image_hw: Tuple[int, int],
         lattice_fraction: Optional[float] = None,
         lattice_px: Optional[Float[Tensor, "h w 2"]] = None,
+        read_mask: Optional[Bool[Tensor, "B N h w"]] = None,
     ) -> RenderOutputs:
         """Render the eval lattice (half resolution by default, as the official 450x800) of every camera;
-        `lattice_px` (image pixels) replaces the fraction's pixel-centre lattice (e.g. the official lattice)."""
+        `lattice_px` (image pixels) replaces the fraction's pixel-centre lattice (e.g. the official lattice).
+        `read_mask`: the lattice points the caller reads (the fast renderer renders only those, NaN elsewhere)."""
         if lattice_px is None:
             fraction = self.config.renderer.eval_lattice_fraction if lattice_fraction is None else lattice_fraction
             lattice_px = fixed_lattice_px(image_hw, eval_lattice_hw(image_hw, fraction), intrinsics.device)
         b, n = intrinsics.shape[:2]
         lattice = lattice_px.to(intrinsics.device).expand(b, n, *lattice_px.shape)
-        return self.renderer.render_cameras_chunked(grid, lattice, intrinsics, cam2ego)
+        return self.renderer.render_cameras_chunked(grid, lattice, intrinsics, cam2ego, read_mask=read_mask)
 
     def get_image_metrics_and_images(self, outputs, batch) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
         """Images for nerfstudio's writers; the SelfOcc metrics are computed by the pipeline."""

@@ -179,8 +179,10 @@ class SelfOccExport:
 
         from selfocc_ns.eval.runner import predict_occupancy, write_results_json
         from selfocc_ns.metrics import OccupancyMetricAccumulator
+        from selfocc_ns.eval.outputs import check_output_dir
         from selfocc_ns.scripts.eval import load_pipeline
 
+        check_output_dir(self.output_dir, "--output-dir")  # before any work
         config, pipeline, checkpoint, step = load_pipeline(self.load_config, self.split, self.data_dir, self.gts_dir,
                                                             load_step=self.load_step)
         dm, model = pipeline.datamanager, pipeline.model

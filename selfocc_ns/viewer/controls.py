@@ -281,7 +281,13 @@ class OccupancyViewer(nn.Module):
 
     # -- rendering -----------------------------------------------------------------------------------
     def render(self, camera) -> Dict[str, Tensor]:
-        """rgb / depth / depth_m / accumulation / semantics [H, W, C] of a nerfstudio camera (see selfocc_ns.viewer.render)."""
+        """rgb / depth / depth_m / accumulation / semantics [H, W, C] of a nerfstudio camera (see selfocc_ns.viewer.render).
+
+        In the viewer (or once a sample is selected): from the selected sample. Otherwise (`ns-render`, scripts):
+        from the keyframe nearest to the camera (`selfocc_ns.viewer.keyframe_cameras`).
+        """
+        if self._viewer is None and self._sample is None:
+            return self.keyframe_renderer()(camera)
         sample = self.ensure_sample()
         world = self.world()
         view = in_reference_frame(viewer_camera_in_ego(camera, world, sample.frame.ref_ego2global), sample.ego2ref)
@@ -292,10 +298,19 @@ class OccupancyViewer(nn.Module):
         self.render_log = (self.render_log + [(*view.image_hw, time.perf_counter() - start)])[-50:]
         return outputs
 
+    def keyframe_renderer(self):
+        """The nearest-keyframe renderer used outside the viewer (built once)."""
+        if getattr(self, "_keyframe_renderer", None) is None:
+            from selfocc_ns.viewer.keyframe_cameras import KeyframeCameraRenderer
+
+            self._keyframe_renderer = KeyframeCameraRenderer(self.pipeline(), chunk_rays=self.settings.chunk_rays)
+        return self._keyframe_renderer
+
     # -- layers --------------------------------------------------------------------------------------
     def on_viewer_ready(self, viewer) -> None:
         """Called once nerfstudio's viewer exists: create the layers, encode the first sample."""
         self._viewer = viewer
+        report_actual_port(viewer)
         self._interrupt_renders_on_change(viewer)
         if self.settings.cpu_max_res is not None and self.pipeline().model.device.type == "cpu":
             viewer.control_panel._max_res.value = self.settings.cpu_max_res  # no public setter in 1.1.5
@@ -400,6 +415,25 @@ class OccupancyViewer(nn.Module):
                 continue
             moved = [move_with_ego(world, p, old_ego2global, new_ego2global) for p in (position, look_at)]
             self.control.set_pose(moved[0], moved[1], clients=[client])
+
+
+def report_actual_port(viewer) -> Optional[int]:
+    """Say so when the viewer is not on the port asked for, and make nerfstudio's banner show the real one.
+
+    nerfstudio 1.1.5 takes a random free port when the default (7007) is busy, without a word; with an explicit
+    `--viewer.websocket-port` that is busy, viser binds the next free port while nerfstudio's banner still shows
+    the busy one. Returns the port actually used.
+    """
+    actual = int(viewer.viser_server.get_port())
+    config = viewer.config
+    requested = config.websocket_port if config.websocket_port is not None else config.websocket_port_default
+    if requested is not None and actual != int(requested):
+        from nerfstudio.utils.rich_utils import CONSOLE
+
+        CONSOLE.print(f"[bold yellow]selfocc warning:[/bold yellow] port {requested} is busy; the viewer runs on port "
+                      f"{actual}: http://localhost:{actual}", soft_wrap=True, highlight=False)
+        viewer.viewer_info = [line.replace(f":{requested}", f":{actual}") for line in viewer.viewer_info]
+    return actual
 
 
 def attach_viewer(pipeline, settings: Optional[ViewerSettings] = None) -> OccupancyViewer:

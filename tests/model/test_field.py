@@ -233,3 +233,26 @@ def test_nerfstudio_field_interface_matches_fast_path():
     assert torch.allclose(outputs[FieldHeadNames.NORMALS].norm(dim=-1), torch.ones(4, 3))
     expected_density = 5.0 * torch.sigmoid(-5.0 * fast.sdf.reshape(4, 3, 1))
     assert torch.allclose(outputs[FieldHeadNames.DENSITY], expected_density)
+
+
+def test_lattice_read_equals_grid_sample_and_refuses_rotated_lattices():
+    """`sample_grid_lattice` (three matrix products) is the trilinear `sample_grid` read at every lattice point,
+    with the border clamp beyond the range, for a lattice whose axes are permuted and flipped by the frame change;
+    a lattice rotated by 30 deg is not axis-aligned (None: the caller reads point by point)."""
+    from selfocc_ns.model.field_grid import lattice_axes, sample_grid, sample_grid_lattice
+
+    range_m = (-4.0, -3.0, -1.0, 4.0, 3.0, 2.0)
+    values = torch.randn(1, 5, 9, 7, 4, generator=torch.Generator().manual_seed(0))
+    axes_m = [torch.linspace(-5.0, 5.0, 23), torch.linspace(-3.5, 2.0, 11), torch.linspace(-1.2, 2.5, 6)]
+    ego = torch.stack(torch.meshgrid(*axes_m, indexing="ij"), dim=-1)  # 23 11 6 3
+    swap = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # 90 deg about z
+    for rotation, shift in ((torch.eye(3), torch.zeros(3)), (swap, torch.tensor([0.3, -0.2, 0.1]))):
+        points = ego @ rotation.T + shift
+        axes = lattice_axes(points)
+        assert axes is not None
+        lattice = sample_grid_lattice(values[0], axes, range_m)
+        reference = sample_grid(values, points.reshape(1, -1, 3), range_m).reshape(*points.shape[:3], 5)
+        assert lattice.shape == reference.shape
+        torch.testing.assert_close(lattice, reference, atol=1e-5, rtol=1e-5)
+    c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+    assert lattice_axes(ego @ torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]).T) is None
