@@ -17,7 +17,6 @@ import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import Dict, List, Optional, Tuple, Type
 
 import torch

@@ -11,6 +11,7 @@ from conftest import run_command, training_dir
 from PIL import Image
 
 from selfocc_ns.data.frames import CAMERA_CHANNELS
+from selfocc_ns.eval.options import EvalOptions
 from selfocc_ns.metrics import DEPTH_METRIC_NAMES
 
 
@@ -107,10 +108,4 @@ def test_selfocc_eval_flags_default_to_the_runs_evaluation_options(tmp_path):
     # an unreadable config leaves the package defaults (eval_setup reports the real error in main())
     broken = tmp_path / "broken.yml"
     broken.write_text("{: not yaml", "utf8")
-    assert cli(["--load-config", str(broken)]).evaluation == EvalOptionsDefault()
-
-
-def EvalOptionsDefault():
-    from selfocc_ns.eval.options import EvalOptions
-
-    return EvalOptions()
+    assert cli(["--load-config", str(broken)]).evaluation == EvalOptions()

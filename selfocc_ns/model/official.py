@@ -278,6 +278,25 @@ def unwrap_state_dict(loaded) -> Dict[str, Tensor]:
     return dict(state)
 
 
+def _renamed(state_dict: Mapping[str, Tensor], skipped: Sequence[str], rename: Callable[[str], Optional[str]],
+             transform: Callable[[str, str, Tensor], Tensor], unknown_message: str) -> Dict[str, Tensor]:
+    """Every entry of `state_dict` but `skipped`, under its `rename`d key, as `transform(key, new_key, value)`;
+    the keys `rename` does not know are listed in one error."""
+    converted: Dict[str, Tensor] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        if key in skipped:
+            continue
+        new_key = rename(key)
+        if new_key is None:
+            unknown.append(key)
+            continue
+        converted[new_key] = transform(key, new_key, value)
+    if unknown:
+        raise OfficialCheckpointError(f"{unknown_message}:\n  " + "\n  ".join(unknown))
+    return converted
+
+
 def official_to_selfocc(state_dict: Mapping[str, Tensor], model_config) -> Dict[str, Tensor]:
     """Official state dict -> this package's `SelfOccModel.state_dict()` for `model_config` (layout changes only).
 
@@ -285,18 +304,8 @@ def official_to_selfocc(state_dict: Mapping[str, Tensor], model_config) -> Dict[
     raise; use `check_official_state_dict` first for a full report against a model.
     """
     layout = OfficialLayout.of(model_config)
-    converted: Dict[str, Tensor] = {}
-    unknown = []
-    for key, value in state_dict.items():
-        if key in FROZEN_KEYS:
-            continue
-        ours = our_key(key)
-        if ours is None:
-            unknown.append(key)
-            continue
-        converted[ours] = _transform(ours, layout, to_ours=True)(value)
-    if unknown:
-        raise OfficialCheckpointError("unknown official keys:\n  " + "\n  ".join(unknown))
+    converted = _renamed(state_dict, FROZEN_KEYS, our_key,
+                         lambda _, ours, value: _transform(ours, layout, to_ours=True)(value), "unknown official keys")
     converted[OUR_DEVICE_KEY] = torch.empty(0)
     return converted
 
@@ -305,18 +314,9 @@ def selfocc_to_official(state_dict: Mapping[str, Tensor], model_config) -> Dict[
     """Inverse of `official_to_selfocc`: our state dict -> the official one, frozen entries included (the aabb
     from `range_m`, a background of 1, an empty device indicator)."""
     layout = OfficialLayout.of(model_config)
-    converted: Dict[str, Tensor] = {}
-    unknown = []
-    for key, value in state_dict.items():
-        if key == OUR_DEVICE_KEY:
-            continue
-        official = official_key(key)
-        if official is None:
-            unknown.append(key)
-            continue
-        converted[official] = _transform(key, layout, to_ours=False)(value)
-    if unknown:
-        raise OfficialCheckpointError("keys without an official counterpart:\n  " + "\n  ".join(unknown))
+    converted = _renamed(state_dict, (OUR_DEVICE_KEY,), official_key,
+                         lambda ours, _, value: _transform(ours, layout, to_ours=False)(value),
+                         "keys without an official counterpart")
     converted[BACKGROUND_KEY] = torch.ones(1)
     converted[DEVICE_KEY] = torch.empty(0)
     converted[AABB_KEY] = official_aabb(layout.range_m)
