@@ -17,10 +17,11 @@ def test_demo_trains_evaluates_and_prints_the_next_commands(small_world, tmp_pat
     workdir = tmp_path / "demo"
     workdir.mkdir()
     (workdir / "world").symlink_to(small_world, target_is_directory=True)  # the demo reuses an existing world
-    result = run_command(["selfocc-demo", "--workdir", str(workdir), "--steps", "3", "--max-minutes", "10"], cwd=tmp_path)
+    result = run_command(["selfocc-demo", "--workdir", str(workdir), "--steps", "3", "--max-minutes", "10", "--seed", "3"], cwd=tmp_path)
     out = result.stdout
     assert "using the existing world" in out
     assert "$ ns-train selfocc-tiny" in out and "--machine.device-type cpu" in out  # the real commands, echoed
+    assert "--machine.seed 3 --pipeline.model.seed 3 --pipeline.datamanager.seed 3" in out
     assert "$ selfocc-eval --load-config" in out
     report = json.loads((workdir / "eval.json").read_text())
     assert report["method_name"] == "selfocc-tiny" and report["step"] == 2 and report["split"] == "mini_val"

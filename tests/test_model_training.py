@@ -157,3 +157,15 @@ def test_nerfstudio_eval_iteration_runs_every_eval_kind(small_world, tmp_path):
     assert pipeline.get_average_eval_image_metrics(step=1)["eval/num_samples"] == 1.0
     assert pipeline.get_average_eval_image_metrics()["eval/num_samples"] == len(pipeline.datamanager.eval_index.samples) == 4
     writer.EVENT_STORAGE.clear()
+
+
+def test_camera_sdf_metric_reads_the_field_at_the_input_cameras(small_world, tmp_path):
+    trainer = tiny_trainer(small_world, tmp_path, **{"pipeline.model.field.sdf_prior": "free",
+                                                      "pipeline.model.field.free_sdf_m": 1.25})
+    batch, _ = trainer.pipeline.datamanager.next_train(0)
+    outputs = trainer.pipeline.model.get_outputs(batch)
+    # the free prior's start is 1.25 m everywhere, the cameras included
+    assert float(trainer.pipeline.model.get_metrics_dict(outputs, batch)["camera_sdf_m"]) == pytest.approx(1.25, abs=1e-5)
+    grid = outputs["grid"]
+    grid.values.data[:, 0] = -0.5  # matter everywhere: the cameras are wrapped in it
+    assert float(trainer.pipeline.model.get_metrics_dict(outputs, batch)["camera_sdf_m"]) == pytest.approx(-0.5, abs=1e-5)

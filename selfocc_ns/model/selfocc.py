@@ -25,7 +25,7 @@ from selfocc_ns.data.occ3d import IGNORE_ID
 from selfocc_ns.model import losses
 from selfocc_ns.model.backbone import ImageEncoderConfig
 from selfocc_ns.model.field import SelfOccFieldConfig
-from selfocc_ns.model.field_grid import FieldGrid
+from selfocc_ns.model.field_grid import FieldGrid, query_field
 from selfocc_ns.model.planes import SceneGrid
 from selfocc_ns.model.renderer import RenderOutputs, SelfOccRendererConfig
 from selfocc_ns.model.rays import ImageRead, eval_lattice_hw, fixed_lattice_px, lattice_colours, lattice_labels
@@ -204,6 +204,8 @@ class SelfOccModel(Model):
             "inv_s": self.renderer.neus_alpha.inv_s().detach(),
             "depth_mean_m": render.depth.detach().mean(),
             "accumulation_mean": render.accumulation.detach().mean(),
+            # cameras sit in free space: a negative value says the field has wrapped them in matter
+            "camera_sdf_m": query_field(outputs["grid"], batch.cam2ego[..., :3, 3].detach()).sdf.detach().min(),
         }
         if render.rgb is not None:
             mse = F.mse_loss(render.rgb.detach().clamp(0, 1), outputs["target_rgb"])

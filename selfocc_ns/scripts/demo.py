@@ -74,6 +74,9 @@ class SelfOccDemo:
     """cpu or cuda."""
     threads: Optional[int] = None
     """OMP/torch threads for training (default: all cores)."""
+    seed: int = 42
+    """Seed of the training run (nerfstudio's machine seed, the model's ray lattices, the frame draws): judge a
+    change over several."""
 
     def main(self) -> None:
         start = time.perf_counter()
@@ -97,6 +100,9 @@ class SelfOccDemo:
                 "--max-train-minutes", str(self.max_minutes),
                 "--machine.device-type", self.device,
                 "--vis", "tensorboard",
+                "--machine.seed", str(self.seed),
+                "--pipeline.model.seed", str(self.seed),
+                "--pipeline.datamanager.seed", str(self.seed),
                 "nuscenes-data", "--data-dir", str(world),
             ],
             workdir,
