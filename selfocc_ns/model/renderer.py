@@ -22,6 +22,8 @@ to N x h x w.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field, fields
 from typing import Dict, Literal, Optional, Sequence, Tuple, Type, Union
 
@@ -60,13 +62,18 @@ class NeuSAlpha(nn.Module):
     `sdf_read_at="start"`, shifts it by delta/2).
     """
 
-    def __init__(self, variance_init: float = 0.1) -> None:
+    def __init__(self, variance_init: float = 0.1, with_floor: bool = False) -> None:
         super().__init__()
         self.variance = nn.Parameter(torch.tensor(float(variance_init)))
+        if with_floor:  # saved with the model only when used: the official state dicts keep their keys
+            self.register_buffer("inv_s_floor", torch.tensor(0.0))
 
     def inv_s(self) -> Tensor:
-        """Current sharpness s (official init exp(1) = 2.718); clipped to [1e-6, 1e6] as sdfstudio does."""
-        return torch.exp(10.0 * self.variance).clip(1e-6, 1e6)
+        """Current sharpness s (official init exp(1) = 2.718); clipped to [1e-6, 1e6] as sdfstudio does; at least
+        the floor of the sharpness schedule when there is one (`SelfOccRendererConfig.inv_s_floor_end`)."""
+        inv_s = torch.exp(10.0 * self.variance).clip(1e-6, 1e6)
+        floor = getattr(self, "inv_s_floor", None)
+        return inv_s if floor is None else torch.maximum(inv_s, floor)
 
     def forward(
         self,
@@ -179,6 +186,13 @@ class SelfOccRendererConfig(InstantiateConfig):
     """Eval lattice size as a fraction of the image (450x800 on 900x1600)."""
     variance_init: float = 0.1
     """Initial NeuS variance v; inv_s = exp(10 v) (official 0.1)."""
+    inv_s_floor_end: float = 0.0
+    """Not official (0: off): a sharpness schedule. In training, inv_s is at least a floor rising log-linearly from
+    exp(10 variance_init) to this over `inv_s_floor_steps` steps (the learned value rules where it is higher), so a
+    soft field cannot stay a fog whose negative regions rays see through; the floor reached is saved with the
+    model and used at eval."""
+    inv_s_floor_steps: int = 1000
+    """Training steps over which the sharpness floor rises to `inv_s_floor_end`."""
     train_background: Literal["random", "black", "white"] = "random"
     """Background colour behind rendered RGB in training (official: random per ray)."""
     eval_background: Literal["random", "black", "white"] = "black"
@@ -217,7 +231,10 @@ class SelfOccRenderer(nn.Module):
     def __init__(self, config: SelfOccRendererConfig) -> None:
         super().__init__()
         self.config = config
-        self.neus_alpha = NeuSAlpha(config.variance_init)
+        if config.inv_s_floor_end < 0 or config.inv_s_floor_steps <= 0:
+            raise ValueError(f"inv_s_floor_end must be >= 0 and inv_s_floor_steps > 0, got {config.inv_s_floor_end} "
+                             f"and {config.inv_s_floor_steps}")
+        self.neus_alpha = NeuSAlpha(config.variance_init, with_floor=config.inv_s_floor_end > 0)
 
     # -- lattices -----------------------------------------------------------------------------
 
@@ -253,6 +270,13 @@ class SelfOccRenderer(nn.Module):
             return 1.0
         return min(1.0, step / steps)
 
+    def inv_s_floor(self, step: int) -> float:
+        """The sharpness schedule's floor at a training step: exp(10 variance_init) to `inv_s_floor_end`,
+        log-linearly over `inv_s_floor_steps` steps, then constant."""
+        start = math.log(min(1e6, max(1e-6, math.exp(10.0 * self.config.variance_init))))
+        end = math.log(self.config.inv_s_floor_end)
+        return math.exp(start + (end - start) * min(1.0, step / self.config.inv_s_floor_steps))
+
     def _packed(self, device: torch.device) -> bool:
         if self.config.compositing == "auto":
             return device.type == "cuda"
@@ -281,6 +305,8 @@ class SelfOccRenderer(nn.Module):
         cfg = self.config
         batch, num_rays = origins.shape[:2]
         device = origins.device
+        if cfg.inv_s_floor_end > 0 and self.training and step is not None:
+            self.neus_alpha.inv_s_floor.fill_(self.inv_s_floor(step))
         near, far, hit = intersect_aabb(origins.reshape(-1, 3), directions.reshape(-1, 3), grid.range_m, cfg.near_m)
         near, far, hit = near.view(batch, num_rays), far.view(batch, num_rays), hit.view(batch, num_rays)
         edges_m = interval_edges(near, far, cfg.num_samples, generator, jitter=self.training, jitter_mode=cfg.jitter)

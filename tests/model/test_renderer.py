@@ -303,3 +303,29 @@ def test_chunked_eval_matches_one_shot_and_gradients_reach_variance_and_grid():
     assert grid.values.grad[:, 0].abs().sum() > 0
     assert out.weights.shape == (2, 3, 10, 15, 32) and out.points_m.shape == (2, 3, 10, 15, 32, 3)
     assert torch.allclose(out.weights_normalised.sum(-1), torch.ones(2, 3, 10, 15), atol=1e-5)
+
+
+def test_sharpness_floor_rises_log_linearly_is_saved_and_kept_at_eval():
+    r = renderer(num_samples=32, variance=0.1, inv_s_floor_end=20.0, inv_s_floor_steps=100)
+    assert "neus_alpha.inv_s_floor" in r.state_dict()
+    assert "neus_alpha.inv_s_floor" not in renderer(variance=0.1).state_dict()  # off: the official keys only
+    assert r.inv_s_floor(0) == pytest.approx(math.e) and r.inv_s_floor(100) == pytest.approx(20.0)
+    assert r.inv_s_floor(50) == pytest.approx(math.sqrt(math.e * 20.0)) and r.inv_s_floor(500) == pytest.approx(20.0)
+    origins = torch.tensor([[[0.0, 0.0, 1.5]]])
+    directions = torch.nn.functional.normalize(torch.tensor([[[1.0, 0.0, -0.5]]]), dim=-1)
+    r.train()
+    out = r.render_rays(plane_grid(), origins, directions, generator=torch.Generator().manual_seed(0), step=50)
+    assert float(r.neus_alpha.inv_s()) == pytest.approx(math.sqrt(math.e * 20.0), rel=1e-6)
+    out.depth.sum().backward()
+    assert float(r.neus_alpha.variance.grad) == 0.0  # the floor rules: the learned value gets no gradient
+    r.eval()
+    r.render_rays(plane_grid(), origins, directions)  # eval renders do not move the floor
+    assert float(r.neus_alpha.inv_s()) == pytest.approx(math.sqrt(math.e * 20.0), rel=1e-6)
+    loaded = renderer(num_samples=32, variance=0.1, inv_s_floor_end=20.0, inv_s_floor_steps=100)
+    loaded.load_state_dict(r.state_dict())
+    assert float(loaded.neus_alpha.inv_s()) == pytest.approx(math.sqrt(math.e * 20.0), rel=1e-6)
+    with torch.no_grad():
+        r.neus_alpha.variance.fill_(math.log(50.0) / 10.0)  # learned sharper than the floor: the learned value
+    assert float(r.neus_alpha.inv_s()) == pytest.approx(50.0, rel=1e-5)
+    with pytest.raises(ValueError, match="inv_s_floor_steps"):
+        renderer(inv_s_floor_end=20.0, inv_s_floor_steps=0)
