@@ -1,8 +1,8 @@
 """The model learns: gradients reach every parameter group, and a short overfit on one keyframe improves
 both the reprojection loss and the rendered depth against the world's ray-cast truth.
 
-See /work/shared/notes/cpu-calibration.md: on a single keyframe, the reprojection loss and raw depth error
-against the truth are the signals that move in a short CPU run (median-scaled metrics barely do).
+On a single keyframe, the reprojection loss and raw depth error against the truth are the signals that move in a
+short CPU run (median-scaled metrics barely do).
 """
 
 from __future__ import annotations

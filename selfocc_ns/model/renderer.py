@@ -68,10 +68,15 @@ class NeuSAlpha(nn.Module):
         if with_floor:  # saved with the model only when used: the official state dicts keep their keys
             self.register_buffer("inv_s_floor", torch.tensor(0.0))
 
+    @staticmethod
+    def sharpness(variance: Tensor) -> Tensor:
+        """inv_s = exp(10 v) of a variance v, clipped to [1e-6, 1e6] as sdfstudio does (official v0 0.1: 2.718)."""
+        return torch.exp(10.0 * variance).clip(1e-6, 1e6)
+
     def inv_s(self) -> Tensor:
-        """Current sharpness s (official init exp(1) = 2.718); clipped to [1e-6, 1e6] as sdfstudio does; at least
-        the floor of the sharpness schedule when there is one (`SelfOccRendererConfig.inv_s_floor_end`)."""
-        inv_s = torch.exp(10.0 * self.variance).clip(1e-6, 1e6)
+        """Current sharpness s (`sharpness` of the learned variance); at least the floor of the sharpness schedule
+        when there is one (`SelfOccRendererConfig.inv_s_floor_end`)."""
+        inv_s = self.sharpness(self.variance)
         floor = getattr(self, "inv_s_floor", None)
         return inv_s if floor is None else torch.maximum(inv_s, floor)
 
@@ -273,7 +278,7 @@ class SelfOccRenderer(nn.Module):
     def inv_s_floor(self, step: int) -> float:
         """The sharpness schedule's floor at a training step: exp(10 variance_init) to `inv_s_floor_end`,
         log-linearly over `inv_s_floor_steps` steps, then constant."""
-        start = math.log(min(1e6, max(1e-6, math.exp(10.0 * self.config.variance_init))))
+        start = math.log(float(NeuSAlpha.sharpness(torch.tensor(float(self.config.variance_init)))))
         end = math.log(self.config.inv_s_floor_end)
         return math.exp(start + (end - start) * min(1.0, step / self.config.inv_s_floor_steps))
 
