@@ -169,3 +169,33 @@ def test_camera_sdf_metric_reads_the_field_at_the_input_cameras(small_world, tmp
     grid = outputs["grid"]
     grid.values.data[:, 0] = -0.5  # matter everywhere: the cameras are wrapped in it
     assert float(trainer.pipeline.model.get_metrics_dict(outputs, batch)["camera_sdf_m"]) == pytest.approx(-0.5, abs=1e-5)
+
+
+def test_ego_ground_loss_reads_the_sdf_under_every_ego_pose_of_the_batch(small_world, tmp_path):
+    from selfocc_ns.model import losses
+    from selfocc_ns.model.planes import grid_points_m
+    from selfocc_ns.model.selfocc import frame_ego2ref
+
+    trainer = tiny_trainer(small_world, tmp_path, **{"pipeline.model.ego_ground_loss_weight": 1.0})
+    model = trainer.pipeline.model
+    batch, _ = trainer.pipeline.datamanager.next_train(0)
+    ego2ref = frame_ego2ref(batch)  # t, anchor, previous and next source
+    assert ego2ref.shape == (1, 4, 4, 4)
+    assert torch.allclose(ego2ref[0, 0], batch.ego2ref_of(0), atol=1e-5)
+    # every camera of a frame gives the same ego pose up to the cameras' own timestamps (mm here), and the
+    # world's ground is z = 0 in t's frame
+    rig = torch.linalg.inv(batch.cam2ego[0]) @ batch.ego2ref_of(0)
+    assert torch.allclose(batch.anchor_cam2ego[0] @ rig, ego2ref[0, 1].expand(6, 4, 4), atol=0.01)
+    assert ego2ref[0, :, 2, 3].abs().max() < 0.05
+    assert (ego2ref[0, 1:, :2, 3] - ego2ref[0, :1, :2, 3]).norm(dim=-1).max() > 0.5  # the sources are elsewhere
+
+    outputs = model.get_outputs(batch)
+    grid = outputs["grid"]
+    xs, ys, zs = grid_points_m(grid.range_m, grid.values.shape[2:])
+    z = zs.view(1, 1, -1).expand(len(xs), len(ys), -1)
+    for ground_z_m in (0.0, 0.5):  # known answers: the world's ground scores 0; a ground 0.5 m up scores 0.5
+        grid.values.data[0, 0] = z - ground_z_m
+        loss = model.get_loss_dict(outputs, batch)["ego_ground_loss"]
+        assert float(loss) == pytest.approx(ground_z_m, abs=0.06)
+    points, heights = losses.ego_ground_points(ego2ref, 0.0, (0.0, 0.5, 1.0))
+    assert points.shape == (1, 12, 3) and heights.tolist() == [0.0, 0.5, 1.0]

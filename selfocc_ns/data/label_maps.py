@@ -125,6 +125,18 @@ def sky_label_id(label_space: SemanticLabelSpace) -> int:
     return max_label_id(label_space)
 
 
+FLAT_CLASSES: Tuple[str, ...] = ("driveable_surface", "other_flat", "sidewalk", "terrain")
+"""Occ3D classes of (near-)horizontal ground, for the not-official flat-normal loss."""
+
+
+def flat_label_ids(label_space: SemanticLabelSpace) -> Tuple[int, ...]:
+    """The 2D label ids of the ground classes (`FLAT_CLASSES`) in a label space."""
+    occ3d_ids = {CLASS_ID[name] for name in FLAT_CLASSES}
+    if label_space == "occ3d":
+        return tuple(sorted(occ3d_ids))
+    return tuple(i for i, (_, label) in enumerate(OPENSEED_PROMPTS_TO_LABEL) if label in occ3d_ids)
+
+
 def check_label_ids(labels: np.ndarray, label_space: SemanticLabelSpace, what: str) -> None:
     """Refuse a 2D label map holding ids outside the label space (0..max, 255 ignore), naming the file."""
     top = max_label_id(label_space)

@@ -6,9 +6,10 @@ renderer returns them. Every loss returns a scalar; the reduction is stated per 
 
 from __future__ import annotations
 
-from typing import Dict, Literal, Optional, Tuple
+from typing import Dict, Literal, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
@@ -27,6 +28,9 @@ __all__ = [
     "soft_sparsity_loss",
     "sky_free_space_loss",
     "free_space_loss",
+    "flat_normal_loss",
+    "ego_ground_points",
+    "ego_ground_loss",
 ]
 
 
@@ -260,3 +264,48 @@ def free_space_loss(
     if not front.any():
         return sdf.sum() * 0.0
     return torch.relu(min_sdf_m - sdf[front]).mean()
+
+
+def flat_normal_loss(
+    sdf_gradient: Float[Tensor, "*rays S 3"],
+    weights: Float[Tensor, "*rays S"],
+    flat: Bool[Tensor, "*rays"],
+    up: Sequence[float] = (0.0, 0.0, 1.0),
+) -> Tensor:
+    """mean (1 - n . up) over the rays whose 2D label is a ground class (not in the official code).
+
+    n is the rendered surface normal, the normalised weighted sum of the samples' SDF gradients (the outward
+    normal of an SDF). Vision-only training reconstructs the concave corner between the road and the buildings
+    as a ramp (few parallax cues on a uniform ground, and the Hessian term rounds corners); a ray labelled road,
+    sidewalk or terrain asks for a horizontal surface. A flat ground scores exactly 0, a wall 1, an inverted
+    ground 2; 0 (attached) when no ray is flat.
+    """
+    if not flat.any():
+        return sdf_gradient.sum() * 0.0
+    rendered = (weights[..., None] * sdf_gradient).sum(-2)  # *rays 3
+    normal = F.normalize(rendered[flat], dim=-1, eps=1e-8)
+    up_vector = torch.as_tensor(up, dtype=normal.dtype, device=normal.device)
+    return (1.0 - normal @ up_vector).mean()
+
+
+def ego_ground_points(
+    ego2ref: Float[Tensor, "B F 4 4"], ground_z_m: float, heights_m: Sequence[float]
+) -> Tuple[Float[Tensor, "B F*H 3"], Float[Tensor, "H"]]:
+    """Points above the ground under each ego pose: the ego origin lowered/raised to `ground_z_m` (ground height in
+    the ego frame) plus h along the ego's up axis, for every h in `heights_m`; returned with the heights."""
+    heights = torch.as_tensor(heights_m, dtype=ego2ref.dtype, device=ego2ref.device)
+    offsets = torch.zeros(heights.shape[0], 4, dtype=ego2ref.dtype, device=ego2ref.device)
+    offsets[:, 2], offsets[:, 3] = ground_z_m + heights, 1.0
+    points = torch.einsum("bfij,hj->bfhi", ego2ref, offsets)[..., :3]
+    return points.flatten(1, 2), heights
+
+
+def ego_ground_loss(sdf_m: Float[Tensor, "B F*H"], heights_m: Float[Tensor, "H"]) -> Tensor:
+    """mean |sdf - h| at the `ego_ground_points` (not in the official code).
+
+    The ego vehicle stands on the road wherever its poses put it: the SDF is 0 on the ground under each ego pose
+    and h at height h above it (the ego body itself is not part of the occupancy). Vision-only training leaves
+    the height of a weakly textured road free (trained fields put it anywhere between -0.6 and +0.6 m); the
+    poses, already an input of the reprojection loss, pin it along the driven path.
+    """
+    return (sdf_m - heights_m.repeat(sdf_m.shape[-1] // heights_m.shape[0])).abs().mean()

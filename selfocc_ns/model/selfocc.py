@@ -20,7 +20,7 @@ from nerfstudio.models.base_model import Model, ModelConfig
 from torch import Tensor
 
 from selfocc_ns.data.batch import SelfOccBatch
-from selfocc_ns.data.label_maps import SemanticLabelSpace, label_space_channels, sky_label_id
+from selfocc_ns.data.label_maps import SemanticLabelSpace, flat_label_ids, label_space_channels, sky_label_id
 from selfocc_ns.data.occ3d import IGNORE_ID
 from selfocc_ns.model import losses
 from selfocc_ns.model.backbone import ImageEncoderConfig
@@ -92,6 +92,17 @@ class SelfOccModelConfig(ModelConfig):
     """Free-space loss: the SDF margin (metres) asked of seen-through samples."""
     free_space_start_step: int = 0
     """Free-space loss: the training step it starts at (a warm-up lets the surfaces form first)."""
+    flat_normal_loss_weight: float = 0.0
+    """Not official (0): rays whose 2D label is road, other flat, sidewalk or terrain render an SDF normal pointing
+    up (ego z): mean 1 - n_z (`losses.flat_normal_loss`). Needs 2D labels."""
+    ego_ground_loss_weight: float = 0.0
+    """Not official (0): the SDF under every ego pose of the batch (input keyframe, anchor, sources) is 0 on the
+    ground and h at the heights `ego_ground_heights_m` above it (`losses.ego_ground_loss`)."""
+    ego_ground_z_m: float = 0.0
+    """Ego ground loss: the ground's height in the ego frame (0: the frame sits on the ground, as the embedded world's
+    and the flat-ground baseline's)."""
+    ego_ground_heights_m: Tuple[float, ...] = (0.0, 0.5, 1.0)
+    """Ego ground loss: heights above the ground (metres) where the SDF is asked to equal the height."""
     seed: int = 42
     """Seed of the per-step ray lattices, jitter and background colours (with step and rank)."""
 
@@ -106,6 +117,18 @@ def ego2img_matrices(intrinsics: Float[Tensor, "*cams 3 3"], cam2ego: Float[Tens
     k4[..., :3, :3] = intrinsics
     k4[..., 3, 3] = 1.0
     return k4 @ torch.linalg.inv(cam2ego)
+
+
+def frame_ego2ref(batch: SelfOccBatch) -> Float[Tensor, "B F 4 4"]:
+    """Ego poses of the batch's frames in t's reference frame: t, its anchor, then the anchor's sources.
+
+    From the first camera of each frame (the rig is rigid): ego_k2ref = cam2ref_k inv(cam2ref_t) ego2ref_t."""
+    ego2ref = torch.stack([batch.ego2ref_of(b) for b in range(batch.batch_size)])  # B 4 4
+    ego2cam = torch.linalg.inv(batch.cam2ego[:, 0]) @ ego2ref  # B 4 4: the rig calibration of camera 0
+    cameras = [batch.cam2ego[:, 0], batch.anchor_cam2ego[:, 0]]
+    if batch.source_cam2ego is not None:
+        cameras += list(batch.source_cam2ego[:, :, 0].unbind(1))
+    return torch.stack([cam2ref @ ego2cam for cam2ref in cameras], dim=1)
 
 
 class SelfOccModel(Model):
@@ -151,8 +174,9 @@ class SelfOccModel(Model):
 
     @property
     def uses_semantics(self) -> bool:
-        """Whether training needs the 2D labels (semantic loss or the sky free-space loss)."""
-        return self.config.semantic_loss_weight > 0 or self.config.sky_free_loss_weight > 0
+        """Whether training needs the 2D labels (semantic loss, sky free-space loss or flat-normal loss)."""
+        cfg = self.config
+        return cfg.semantic_loss_weight > 0 or cfg.sky_free_loss_weight > 0 or cfg.flat_normal_loss_weight > 0
 
     def get_param_groups(self) -> Dict[str, List[torch.nn.Parameter]]:
         """'backbone' (official lr x0.1) and 'model' (neck, lifting, field, NeuS sharpness)."""
@@ -230,9 +254,10 @@ class SelfOccModel(Model):
             if metrics_dict is not None:
                 metrics_dict.update({f"reprojection/{k}": v for k, v in diagnostics.items()})
         labels = None
-        if cfg.semantic_loss_weight > 0 or cfg.sky_free_loss_weight > 0:
+        if cfg.semantic_loss_weight > 0 or cfg.sky_free_loss_weight > 0 or cfg.flat_normal_loss_weight > 0:
             if batch.semantics is None:
-                raise ValueError("semantic_loss_weight or sky_free_loss_weight > 0 but the batch has no 2D labels "
+                raise ValueError("semantic_loss_weight, sky_free_loss_weight or flat_normal_loss_weight > 0 but the "
+                                 "batch has no 2D labels "
                                  "(datamanager.use_semantics)")
             labels = lattice_labels(batch.semantics, outputs["lattice_px"])
         sky = sky_label_id(cfg.semantic_label_space)
@@ -250,6 +275,11 @@ class SelfOccModel(Model):
         if cfg.free_space_loss_weight > 0 and int(batch.step) >= cfg.free_space_start_step:
             loss_dict["free_space_loss"] = cfg.free_space_loss_weight * losses.free_space_loss(
                 render.sdf, render.weights, cfg.free_space_max_opacity, cfg.free_space_min_sdf_m)
+        if cfg.flat_normal_loss_weight > 0:
+            assert labels is not None
+            flat = torch.isin(labels, torch.tensor(flat_label_ids(cfg.semantic_label_space), device=labels.device))
+            loss_dict["flat_normal_loss"] = cfg.flat_normal_loss_weight * losses.flat_normal_loss(
+                render.sdf_gradient, render.weights, flat)
         if cfg.sky_free_loss_weight > 0:
             assert labels is not None
             loss_dict["sky_free_loss"] = cfg.sky_free_loss_weight * losses.sky_free_space_loss(
@@ -258,6 +288,10 @@ class SelfOccModel(Model):
         if cfg.semantic_loss_weight > 0:
             assert labels is not None
             loss_dict["semantic_loss"] = cfg.semantic_loss_weight * losses.semantic_ce_loss(render.semantics, labels)
+        if cfg.ego_ground_loss_weight > 0:
+            points, heights = losses.ego_ground_points(frame_ego2ref(batch), cfg.ego_ground_z_m, cfg.ego_ground_heights_m)
+            loss_dict["ego_ground_loss"] = cfg.ego_ground_loss_weight * losses.ego_ground_loss(
+                query_field(grid, points).sdf[..., 0], heights)
         if cfg.sparsity_loss_weight > 0:
             loss_dict["sparsity_loss"] = cfg.sparsity_loss_weight * losses.soft_sparsity_loss(grid.sdf)
         return loss_dict

@@ -11,6 +11,7 @@ from selfocc_ns.model.field import FieldGrid, SelfOccFieldConfig
 from selfocc_ns.model.losses import (
     edge_aware_smoothness,
     eikonal_loss,
+    flat_normal_loss,
     free_space_loss,
     hessian_loss,
     reprojection_loss,
@@ -332,3 +333,49 @@ def test_rgb_loss_ray_mask_averages_over_the_selected_rays_only():
     assert rgb_loss(wrong, target, ray_mask=keep).item() == pytest.approx(0.0, abs=1e-6)
     nothing = rgb_loss(wrong, target, ray_mask=torch.zeros_like(keep))
     assert nothing.item() == 0.0
+
+
+def render_tilted_ground(tilt_deg: float):
+    """The ground z = 0 tilted by `tilt_deg` about the x axis (SDF (z - tan(t) y) cos(t): an exact SDF, trilinear
+    on the grid), seen by a camera 3 m up looking 60 deg down along +x; renders with per-sample outputs."""
+    xs, ys, zs = grid_points_m(FREE_RANGE_M, FREE_GRID_XYZ)
+    points = torch.stack(torch.meshgrid(xs, ys, zs, indexing="ij"), dim=-1)
+    tilt = math.radians(tilt_deg)
+    sdf = (points[..., 2] - math.tan(tilt) * points[..., 1]) * math.cos(tilt)
+    grid = FieldGrid(values=sdf[None, None], range_m=FREE_RANGE_M, rgb_channels=0, semantic_channels=0)
+    renderer = SelfOccRendererConfig(num_samples=128, variance_init=math.log(5.0) / 10).setup().eval()
+    lattice = fixed_lattice_px(IMAGE_HW, (6, 8))[None, None]
+    return renderer.render_cameras(grid, lattice, K[None, None], look_cam2ego((0.0, 0.0, 3.0), 0.0, 60.0)[None, None])
+
+
+@pytest.mark.parametrize("tilt_deg", [0.0, 20.0, 90.0])
+def test_flat_normal_loss_is_one_minus_the_cosine_of_the_ground_tilt(tilt_deg):
+    out = render_tilted_ground(tilt_deg)
+    flat = torch.ones(out.depth.shape[:-1], dtype=torch.bool)
+    loss = flat_normal_loss(out.sdf_gradient, out.weights, flat)
+    # known answer: the rendered normal of a plane is its normal, (0, -sin t, cos t)
+    assert loss.item() == pytest.approx(1.0 - math.cos(math.radians(tilt_deg)), abs=1e-4)
+
+
+def test_flat_normal_loss_reads_only_ground_rays_and_pushes_a_ramp_flat():
+    sdf_gradient = torch.tensor([[[0.0, -0.6, 0.8], [0.0, -0.6, 0.8]], [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]],
+                                requires_grad=True)  # 2 rays x 2 samples: a ramp, a wall
+    weights = torch.tensor([[0.5, 0.5], [0.9, 0.1]])
+    ramp_only = flat_normal_loss(sdf_gradient, weights, torch.tensor([True, False]))
+    assert ramp_only.item() == pytest.approx(0.2)  # 1 - 0.8; the wall (not a ground label) is left alone
+    (grad,) = torch.autograd.grad(ramp_only, sdf_gradient)
+    assert grad[1].abs().max() == 0.0
+    # descending the loss turns the ramp's normal towards +z: d/dg (1 - n_z) = -(e_z - n n_z) w per sample
+    assert grad[0].tolist() == [pytest.approx([0.0, -0.24, -0.18])] * 2
+    both = flat_normal_loss(sdf_gradient, weights, torch.tensor([True, True]))
+    assert both.item() == pytest.approx((0.2 + 1.0) / 2)
+    none = flat_normal_loss(sdf_gradient, weights, torch.tensor([False, False]))
+    assert none.item() == 0.0 and none.requires_grad
+
+
+def test_flat_label_ids_name_the_ground_classes_in_both_label_spaces():
+    from selfocc_ns.data.label_maps import OPENSEED_PROMPTS, flat_label_ids
+
+    assert flat_label_ids("occ3d") == (11, 12, 13, 14)
+    assert [OPENSEED_PROMPTS[i] for i in flat_label_ids("openseed")] == ["road", "other_flat", "sidewalk", "terrain",
+                                                                         "grass"]

@@ -243,6 +243,8 @@ NOT_OFFICIAL_OFF = {
     (None, "sky_free_loss_weight"): 0.0,
     (None, "sky_free_rgb"): False,
     (None, "free_space_loss_weight"): 0.0,
+    (None, "flat_normal_loss_weight"): 0.0,
+    (None, "ego_ground_loss_weight"): 0.0,
     ("field", "sdf_prior"): "none",
     ("renderer", "inv_s_floor_end"): 0.0,
 }
