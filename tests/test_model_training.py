@@ -198,4 +198,4 @@ def test_ego_ground_loss_reads_the_sdf_under_every_ego_pose_of_the_batch(small_w
         loss = model.get_loss_dict(outputs, batch)["ego_ground_loss"]
         assert float(loss) == pytest.approx(ground_z_m, abs=0.06)
     points, heights = losses.ego_ground_points(ego2ref, 0.0, (0.0, 0.5, 1.0))
-    assert points.shape == (1, 12, 3) and heights.tolist() == [0.0, 0.5, 1.0]
+    assert points.shape == (1, 12, 3) and heights.tolist() == [0.0, 0.5, 1.0] * 4

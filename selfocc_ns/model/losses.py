@@ -290,17 +290,18 @@ def flat_normal_loss(
 
 def ego_ground_points(
     ego2ref: Float[Tensor, "B F 4 4"], ground_z_m: float, heights_m: Sequence[float]
-) -> Tuple[Float[Tensor, "B F*H 3"], Float[Tensor, "H"]]:
+) -> Tuple[Float[Tensor, "B F*H 3"], Float[Tensor, "F*H"]]:
     """Points above the ground under each ego pose: the ego origin lowered/raised to `ground_z_m` (ground height in
-    the ego frame) plus h along the ego's up axis, for every h in `heights_m`; returned with the heights."""
+    the ego frame) plus h along the ego's up axis, for every h in `heights_m`; returned with each point's h (the
+    SDF it should have)."""
     heights = torch.as_tensor(heights_m, dtype=ego2ref.dtype, device=ego2ref.device)
     offsets = torch.zeros(heights.shape[0], 4, dtype=ego2ref.dtype, device=ego2ref.device)
     offsets[:, 2], offsets[:, 3] = ground_z_m + heights, 1.0
     points = torch.einsum("bfij,hj->bfhi", ego2ref, offsets)[..., :3]
-    return points.flatten(1, 2), heights
+    return points.flatten(1, 2), heights.repeat(ego2ref.shape[1])
 
 
-def ego_ground_loss(sdf_m: Float[Tensor, "B F*H"], heights_m: Float[Tensor, "H"]) -> Tensor:
+def ego_ground_loss(sdf_m: Float[Tensor, "B F*H"], heights_m: Float[Tensor, "F*H"]) -> Tensor:
     """mean |sdf - h| at the `ego_ground_points` (not in the official code).
 
     The ego vehicle stands on the road wherever its poses put it: the SDF is 0 on the ground under each ego pose
@@ -308,4 +309,4 @@ def ego_ground_loss(sdf_m: Float[Tensor, "B F*H"], heights_m: Float[Tensor, "H"]
     the height of a weakly textured road free (trained fields put it anywhere between -0.6 and +0.6 m); the
     poses, already an input of the reprojection loss, pin it along the driven path.
     """
-    return (sdf_m - heights_m.repeat(sdf_m.shape[-1] // heights_m.shape[0])).abs().mean()
+    return (sdf_m - heights_m).abs().mean()
