@@ -301,12 +301,47 @@ def ego_ground_points(
     return points.flatten(1, 2), heights.repeat(ego2ref.shape[1])
 
 
-def ego_ground_loss(sdf_m: Float[Tensor, "B F*H"], heights_m: Float[Tensor, "F*H"]) -> Tensor:
-    """mean |sdf - h| at the `ego_ground_points` (not in the official code).
+def flat_ground_points(
+    points_m: Float[Tensor, "B *rays S 3"],
+    weights: Float[Tensor, "B *rays S"],
+    flat: Bool[Tensor, "B *rays"],
+    range_m: Sequence[float],
+    ground_z_m: float,
+    heights_m: Sequence[float],
+) -> Tuple[Float[Tensor, "B R*H 3"], Float[Tensor, "R*H"], Bool[Tensor, "B R*H"]]:
+    """Points above the ground under the rendered surface of every ground-labelled ray (not in the official code).
+
+    Each ray's rendered point, sum(w p) / sum(w) (detached: the loss moves the field, not the ray), keeps its x, y
+    and takes the heights `ground_z_m + h` for every h in `heights_m`; returned with each point's h (the SDF it
+    should have) and a mask of the points that count: the ray is labelled ground, has rendered something and its
+    point lies inside the box's x, y range.
+    """
+    total = weights.sum(-1, keepdim=True)
+    rendered = ((weights[..., None] * points_m).sum(-2) / total.clamp_min(1e-8)).detach()  # B *rays 3
+    batch = rendered.shape[0]
+    rendered, flat, total = rendered.reshape(batch, -1, 3), flat.reshape(batch, -1), total.reshape(batch, -1)
+    heights = torch.as_tensor(heights_m, dtype=rendered.dtype, device=rendered.device)
+    points = rendered[:, :, None, :].repeat(1, 1, heights.shape[0], 1)  # B R H 3
+    points[..., 2] = ground_z_m + heights
+    x, y = rendered[..., 0], rendered[..., 1]
+    inside = (x >= range_m[0]) & (x <= range_m[3]) & (y >= range_m[1]) & (y <= range_m[4])
+    counts = flat & inside & (total > 1e-4)
+    mask = counts[:, :, None].expand(-1, -1, heights.shape[0])
+    return points.flatten(1, 2), heights.repeat(rendered.shape[1]), mask.flatten(1)
+
+
+def ego_ground_loss(
+    sdf_m: Float[Tensor, "B P"], heights_m: Float[Tensor, "P"], mask: Optional[Bool[Tensor, "B P"]] = None
+) -> Tensor:
+    """mean |sdf - h| at the `ego_ground_points` or the `flat_ground_points` (their mask) (not in the official code).
 
     The ego vehicle stands on the road wherever its poses put it: the SDF is 0 on the ground under each ego pose
     and h at height h above it (the ego body itself is not part of the occupancy). Vision-only training leaves
     the height of a weakly textured road free (trained fields put it anywhere between -0.6 and +0.6 m); the
     poses, already an input of the reprojection loss, pin it along the driven path.
     """
-    return (sdf_m - heights_m).abs().mean()
+    if mask is None:
+        return (sdf_m - heights_m).abs().mean()
+    if not mask.any():
+        return sdf_m.sum() * 0.0
+    return (sdf_m - heights_m).abs()[mask].mean()

@@ -98,8 +98,17 @@ class SelfOccModelConfig(ModelConfig):
     ego_ground_loss_weight: float = 0.0
     """Not official (0): the SDF under every ego pose of the batch (input keyframe, anchor, sources) is 0 on the
     ground and h at the heights `ego_ground_heights_m` above it (`losses.ego_ground_loss`)."""
+    flat_ground_loss_weight: float = 0.0
+    """Not official (0): a flat world around the ego. Under the rendered surface of every ray whose 2D label is
+    road, other flat, sidewalk or terrain, the SDF is 0 at the ego ground height `ego_ground_z_m` and h at the
+    heights `flat_ground_heights_m` relative to it (`losses.flat_ground_points`). A prior, not a measurement:
+    wrong where the ground slopes or steps by more than a voxel inside the box. Needs 2D labels."""
+    flat_ground_heights_m: Tuple[float, ...] = (-0.5, 0.0)
+    """Flat ground loss: heights relative to the ground (metres) where the SDF is asked to equal the height. None
+    above the ground by default: a ground ray's rendered point can sit next to an object standing on the ground,
+    which a positive height would carve (measured with 0, 0.5, 1: objects seen through, depth abs_rel +0.18)."""
     ego_ground_z_m: float = 0.0
-    """Ego ground loss: the ground's height in the ego frame (0: the frame sits on the ground, as the embedded world's
+    """Ego and flat ground losses: the ground's height in the ego frame (0: the frame sits on the ground, as the embedded world's
     and the flat-ground baseline's)."""
     ego_ground_heights_m: Tuple[float, ...] = (0.0, 0.5, 1.0)
     """Ego ground loss: heights above the ground (metres) where the SDF is asked to equal the height."""
@@ -174,9 +183,10 @@ class SelfOccModel(Model):
 
     @property
     def uses_semantics(self) -> bool:
-        """Whether training needs the 2D labels (semantic loss, sky free-space loss or flat-normal loss)."""
+        """Whether training needs the 2D labels (semantic, sky free-space, flat-normal or flat-ground loss)."""
         cfg = self.config
-        return cfg.semantic_loss_weight > 0 or cfg.sky_free_loss_weight > 0 or cfg.flat_normal_loss_weight > 0
+        return (cfg.semantic_loss_weight > 0 or cfg.sky_free_loss_weight > 0 or cfg.flat_normal_loss_weight > 0
+                or cfg.flat_ground_loss_weight > 0)
 
     def get_param_groups(self) -> Dict[str, List[torch.nn.Parameter]]:
         """'backbone' (official lr x0.1) and 'model' (neck, lifting, field, NeuS sharpness)."""
@@ -254,9 +264,10 @@ class SelfOccModel(Model):
             if metrics_dict is not None:
                 metrics_dict.update({f"reprojection/{k}": v for k, v in diagnostics.items()})
         labels = None
-        if cfg.semantic_loss_weight > 0 or cfg.sky_free_loss_weight > 0 or cfg.flat_normal_loss_weight > 0:
+        if self.uses_semantics:
             if batch.semantics is None:
-                raise ValueError("semantic_loss_weight, sky_free_loss_weight or flat_normal_loss_weight > 0 but the "
+                raise ValueError("semantic_loss_weight, sky_free_loss_weight, flat_normal_loss_weight or "
+                                 "flat_ground_loss_weight > 0 but the "
                                  "batch has no 2D labels "
                                  "(datamanager.use_semantics)")
             labels = lattice_labels(batch.semantics, outputs["lattice_px"])
@@ -280,6 +291,13 @@ class SelfOccModel(Model):
             flat = torch.isin(labels, torch.tensor(flat_label_ids(cfg.semantic_label_space), device=labels.device))
             loss_dict["flat_normal_loss"] = cfg.flat_normal_loss_weight * losses.flat_normal_loss(
                 render.sdf_gradient, render.weights, flat)
+        if cfg.flat_ground_loss_weight > 0:
+            assert labels is not None and render.points_m is not None and render.weights is not None
+            flat = torch.isin(labels, torch.tensor(flat_label_ids(cfg.semantic_label_space), device=labels.device))
+            points, heights, counts = losses.flat_ground_points(
+                render.points_m, render.weights, flat, grid.range_m, cfg.ego_ground_z_m, cfg.flat_ground_heights_m)
+            loss_dict["flat_ground_loss"] = cfg.flat_ground_loss_weight * losses.ego_ground_loss(
+                query_field(grid, points).sdf[..., 0], heights, counts)
         if cfg.sky_free_loss_weight > 0:
             assert labels is not None
             loss_dict["sky_free_loss"] = cfg.sky_free_loss_weight * losses.sky_free_space_loss(

@@ -9,6 +9,8 @@ import torch
 
 from selfocc_ns.model.field import FieldGrid, SelfOccFieldConfig
 from selfocc_ns.model.losses import (
+    ego_ground_loss,
+    flat_ground_points,
     edge_aware_smoothness,
     eikonal_loss,
     flat_normal_loss,
@@ -379,3 +381,27 @@ def test_flat_label_ids_name_the_ground_classes_in_both_label_spaces():
     assert flat_label_ids("occ3d") == (11, 12, 13, 14)
     assert [OPENSEED_PROMPTS[i] for i in flat_label_ids("openseed")] == ["road", "other_flat", "sidewalk", "terrain",
                                                                          "grass"]
+
+
+def test_flat_ground_points_stand_under_the_rendered_surface_of_ground_rays_in_the_box():
+    # 4 rays x 3 samples (B = 1): a ground ray, a ray that is not ground, a ground ray landing outside the box,
+    # a ground ray that rendered nothing
+    points = torch.tensor([[[[0.0, 0.0, 2.0], [5.0, 1.0, 0.3], [9.0, 9.0, 9.0]],
+                            [[1.0, 1.0, 1.0], [2.0, 2.0, 2.0], [3.0, 3.0, 3.0]],
+                            [[0.0, 0.0, 0.0], [50.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
+                            [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]]])
+    weights = torch.tensor([[[0.0, 0.6, 0.0], [0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]])
+    flat = torch.tensor([[True, False, True, True]])
+    out, heights, mask = flat_ground_points(points, weights, flat, (-40, -40, -1, 40, 40, 5.4), -0.2, (0.0, 0.5))
+    assert out.shape == (1, 8, 3) and heights.tolist() == [0.0, 0.5] * 4
+    # the first ray's rendered point is (5, 1, 0.3) (weights normalised); its x, y at the ground and 0.5 above it
+    assert out[0, :2].tolist() == [pytest.approx([5.0, 1.0, -0.2]), pytest.approx([5.0, 1.0, 0.3])]
+    assert mask[0].tolist() == [True, True, False, False, False, False, False, False]
+    # known answers of the loss: an SDF z - g is right for g = -0.2 and off by |g + 0.2| elsewhere
+    for ground_m in (-0.2, 0.4):
+        sdf = out[..., 2] - ground_m
+        assert ego_ground_loss(sdf, heights, mask).item() == pytest.approx(abs(ground_m + 0.2), abs=1e-6)
+    # no ray counts: 0, still attached to the graph
+    sdf = torch.zeros(1, 8, requires_grad=True)
+    none = ego_ground_loss(sdf, heights, torch.zeros_like(mask))
+    assert none.item() == 0.0 and none.requires_grad

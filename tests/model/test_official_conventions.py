@@ -244,6 +244,7 @@ NOT_OFFICIAL_OFF = {
     (None, "sky_free_rgb"): False,
     (None, "free_space_loss_weight"): 0.0,
     (None, "flat_normal_loss_weight"): 0.0,
+    (None, "flat_ground_loss_weight"): 0.0,
     (None, "ego_ground_loss_weight"): 0.0,
     ("field", "sdf_prior"): "none",
     ("renderer", "inv_s_floor_end"): 0.0,
