@@ -108,8 +108,8 @@ class SelfOccModelConfig(ModelConfig):
     above the ground by default: a ground ray's rendered point can sit next to an object standing on the ground,
     which a positive height would carve (measured with 0, 0.5, 1: objects seen through, depth abs_rel +0.18)."""
     ego_ground_z_m: float = 0.0
-    """Ego and flat ground losses: the ground's height in the ego frame (0: the frame sits on the ground, as the embedded world's
-    and the flat-ground baseline's)."""
+    """Ego and flat ground losses: the ground's height in the ego frame (0: the frame sits on the ground, as the
+    embedded world's and the flat-ground baseline's)."""
     ego_ground_heights_m: Tuple[float, ...] = (0.0, 0.5, 1.0)
     """Ego ground loss: heights above the ground (metres) where the SDF is asked to equal the height."""
     seed: int = 42
@@ -267,10 +267,13 @@ class SelfOccModel(Model):
         if self.uses_semantics:
             if batch.semantics is None:
                 raise ValueError("semantic_loss_weight, sky_free_loss_weight, flat_normal_loss_weight or "
-                                 "flat_ground_loss_weight > 0 but the "
-                                 "batch has no 2D labels "
+                                 "flat_ground_loss_weight > 0 but the batch has no 2D labels "
                                  "(datamanager.use_semantics)")
             labels = lattice_labels(batch.semantics, outputs["lattice_px"])
+        ground_rays = None  # rays labelled road / other flat / sidewalk / terrain (flat-normal and flat-ground losses)
+        if labels is not None and (cfg.flat_normal_loss_weight > 0 or cfg.flat_ground_loss_weight > 0):
+            ground_ids = torch.tensor(flat_label_ids(cfg.semantic_label_space), device=labels.device)
+            ground_rays = torch.isin(labels, ground_ids)
         sky = sky_label_id(cfg.semantic_label_space)
         if cfg.rgb_loss_weight > 0:
             not_sky = labels != sky if labels is not None and cfg.sky_free_loss_weight > 0 and cfg.sky_free_rgb else None
@@ -287,15 +290,14 @@ class SelfOccModel(Model):
             loss_dict["free_space_loss"] = cfg.free_space_loss_weight * losses.free_space_loss(
                 render.sdf, render.weights, cfg.free_space_max_opacity, cfg.free_space_min_sdf_m)
         if cfg.flat_normal_loss_weight > 0:
-            assert labels is not None
-            flat = torch.isin(labels, torch.tensor(flat_label_ids(cfg.semantic_label_space), device=labels.device))
+            assert ground_rays is not None
             loss_dict["flat_normal_loss"] = cfg.flat_normal_loss_weight * losses.flat_normal_loss(
-                render.sdf_gradient, render.weights, flat)
+                render.sdf_gradient, render.weights, ground_rays)
         if cfg.flat_ground_loss_weight > 0:
-            assert labels is not None and render.points_m is not None and render.weights is not None
-            flat = torch.isin(labels, torch.tensor(flat_label_ids(cfg.semantic_label_space), device=labels.device))
+            assert ground_rays is not None and render.points_m is not None and render.weights is not None
             points, heights, counts = losses.flat_ground_points(
-                render.points_m, render.weights, flat, grid.range_m, cfg.ego_ground_z_m, cfg.flat_ground_heights_m)
+                render.points_m, render.weights, ground_rays, grid.range_m, cfg.ego_ground_z_m,
+                cfg.flat_ground_heights_m)
             loss_dict["flat_ground_loss"] = cfg.flat_ground_loss_weight * losses.ego_ground_loss(
                 query_field(grid, points).sdf[..., 0], heights, counts)
         if cfg.sky_free_loss_weight > 0:
