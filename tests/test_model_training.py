@@ -171,6 +171,29 @@ def test_camera_sdf_metric_reads_the_field_at_the_input_cameras(small_world, tmp
     assert float(trainer.pipeline.model.get_metrics_dict(outputs, batch)["camera_sdf_m"]) == pytest.approx(-0.5, abs=1e-5)
 
 
+def test_semantic_ray_scores_are_logged_and_leave_out_the_sky_under_the_sky_free_space_loss(small_world, tmp_path):
+    from selfocc_ns.data.label_maps import sky_label_id
+    from selfocc_ns.model.rays import lattice_labels
+
+    trainer = tiny_trainer(small_world, tmp_path, **{"pipeline.model.sky_free_loss_weight": 1.0})
+    model = trainer.pipeline.model
+    batch, _ = trainer.pipeline.datamanager.next_train(0)
+    outputs = model.get_outputs(batch)
+    metrics = model.get_metrics_dict(outputs, batch)
+    assert 0.0 <= float(metrics["semantic_accuracy"]) <= 1.0 and 0.0 <= float(metrics["semantic_mean_recall"]) <= 1.0
+    labels = lattice_labels(batch.semantics, outputs["lattice_px"])
+    sky = labels == sky_label_id(model.semantic_label_space)
+    assert sky.any() and (~sky).any()
+    channels = outputs["render"].semantics.shape[-1]
+    # every labelled ray rendered as its label, the sky rays as class 0: a perfect score, the sky left out
+    rendered = torch.nn.functional.one_hot(torch.where(sky, 0, labels.long()).clamp_max(channels - 1), channels).float()
+    outputs["render"] = dataclasses.replace(outputs["render"], semantics=rendered)
+    metrics = model.get_metrics_dict(outputs, batch)
+    assert float(metrics["semantic_accuracy"]) == 1.0 and float(metrics["semantic_mean_recall"]) == 1.0
+    model.config.sky_free_loss_weight = 0.0  # now the sky is a class to render, and class 0 is wrong there
+    assert float(model.get_metrics_dict(outputs, batch)["semantic_accuracy"]) < 1.0
+
+
 def test_ego_ground_loss_reads_the_sdf_under_every_ego_pose_of_the_batch(small_world, tmp_path):
     from selfocc_ns.model import losses
     from selfocc_ns.model.planes import grid_points_m

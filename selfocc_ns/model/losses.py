@@ -25,6 +25,7 @@ __all__ = [
     "hessian_loss",
     "edge_aware_smoothness",
     "semantic_ce_loss",
+    "semantic_ray_scores",
     "soft_sparsity_loss",
     "sky_free_space_loss",
     "free_space_loss",
@@ -216,6 +217,29 @@ def semantic_ce_loss(
     if not valid.any():
         return probabilities.sum() * 0.0
     return -(picked[valid]).mean()
+
+
+def semantic_ray_scores(
+    probabilities: Float[Tensor, "*rays C"], labels: Int[Tensor, "*rays"], ignore_index: int = IGNORE_ID
+) -> Dict[str, Tensor]:
+    """How well the rendered classes match the 2D labels (a training metric, no gradient).
+
+    `semantic_accuracy`: the fraction of labelled rays whose rendered argmax is their label.
+    `semantic_mean_recall`: that fraction per label present, averaged over the labels: it falls to 1 / (labels
+    present) when the head renders one class everywhere, however frequent that class is.
+    Empty when no ray is labelled.
+    """
+    valid = labels != ignore_index
+    predicted = probabilities.detach().argmax(-1)[valid]
+    truth = labels[valid].long()
+    if truth.numel() == 0:
+        return {}
+    hit = (predicted == truth).to(probabilities.dtype)
+    num_classes = max(int(probabilities.shape[-1]), int(truth.max()) + 1)
+    per_label = torch.zeros(num_classes, dtype=hit.dtype, device=hit.device).index_add_(0, truth, hit)
+    counts = torch.bincount(truth, minlength=num_classes).to(hit.dtype)
+    present = counts > 0
+    return {"semantic_accuracy": hit.mean(), "semantic_mean_recall": (per_label[present] / counts[present]).mean()}
 
 
 def sky_free_space_loss(accumulation: Float[Tensor, "B N h w 1"], labels: Int[Tensor, "B N h w"], sky_id: int) -> Tensor:

@@ -244,7 +244,19 @@ class SelfOccModel(Model):
         if render.rgb is not None:
             mse = F.mse_loss(render.rgb.detach().clamp(0, 1), outputs["target_rgb"])
             metrics["psnr"] = -10.0 * torch.log10(mse.clamp_min(1e-10))
+        if render.semantics is not None and batch.semantics is not None:
+            # a head that renders few classes everywhere shows here long before the occupancy eval
+            labels = self._semantic_loss_labels(lattice_labels(batch.semantics, outputs["lattice_px"]))
+            metrics.update(losses.semantic_ray_scores(render.semantics, labels))
         return metrics
+
+    def _semantic_loss_labels(self, labels: Tensor) -> Tensor:
+        """The ray labels the semantic CE scores: under the sky free-space loss the sky rays are asked to render
+        nothing, so they leave it (ignored)."""
+        if self.config.sky_free_loss_weight <= 0:
+            return labels
+        sky = sky_label_id(self.config.semantic_label_space)
+        return torch.where(labels == sky, torch.full_like(labels, IGNORE_ID), labels)
 
     def get_loss_dict(self, outputs, batch: SelfOccBatch, metrics_dict=None) -> Dict[str, Tensor]:
         cfg = self.config
@@ -304,7 +316,7 @@ class SelfOccModel(Model):
             assert labels is not None
             loss_dict["sky_free_loss"] = cfg.sky_free_loss_weight * losses.sky_free_space_loss(
                 render.accumulation, labels, sky)
-            labels = torch.where(labels == sky, torch.full_like(labels, IGNORE_ID), labels)
+            labels = self._semantic_loss_labels(labels)
         if cfg.semantic_loss_weight > 0:
             assert labels is not None
             loss_dict["semantic_loss"] = cfg.semantic_loss_weight * losses.semantic_ce_loss(render.semantics, labels)

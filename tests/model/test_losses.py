@@ -19,6 +19,7 @@ from selfocc_ns.model.losses import (
     reprojection_loss,
     rgb_loss,
     semantic_ce_loss,
+    semantic_ray_scores,
     sky_free_space_loss,
     soft_sparsity_loss,
     ssim,
@@ -196,6 +197,21 @@ def test_semantic_ce_known_value_and_ignore():
     label_map = torch.arange(12).reshape(1, 1, 3, 4)
     px = torch.tensor([[[[[0.5, 0.5], [3.9, 2.2]]]]])
     assert lattice_labels(label_map, px).tolist() == [[[[0, 11]]]]
+
+
+def test_semantic_ray_scores_tell_a_collapsed_head_from_a_right_one():
+    labels = torch.tensor([0, 0, 0, 1, 2, 255])  # three rays of class 0, one each of 1 and 2, one unlabelled
+    right = torch.nn.functional.one_hot(torch.tensor([0, 0, 0, 1, 2, 1]), 3).float()
+    scores = semantic_ray_scores(right, labels)
+    assert scores["semantic_accuracy"].item() == 1.0 and scores["semantic_mean_recall"].item() == 1.0
+    collapsed = torch.nn.functional.one_hot(torch.zeros(6, dtype=torch.long), 3).float()  # class 0 everywhere
+    scores = semantic_ray_scores(collapsed, labels)
+    assert scores["semantic_accuracy"].item() == pytest.approx(3 / 5)  # the frequent class hides the collapse
+    assert scores["semantic_mean_recall"].item() == pytest.approx(1 / 3)  # recall 1, 0, 0
+    half = right.clone()
+    half[3] = torch.tensor([0.0, 0.2, 0.8])  # the class-1 ray rendered as class 2
+    assert semantic_ray_scores(half, labels)["semantic_mean_recall"].item() == pytest.approx(2 / 3)
+    assert semantic_ray_scores(right, torch.full_like(labels, 255)) == {}
 
 
 def test_eikonal_hessian_sparsity_known_values():
