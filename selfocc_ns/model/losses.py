@@ -203,15 +203,20 @@ def edge_aware_smoothness(
 
 
 def semantic_ce_loss(
-    probabilities: Float[Tensor, "B N h w C"], labels: Int[Tensor, "B N h w"], ignore_index: int = IGNORE_ID
+    probabilities: Float[Tensor, "B N h w C"], labels: Int[Tensor, "B N h w"], ignore_index: int = IGNORE_ID,
+    given_hit: bool = False,
 ) -> Tensor:
     """CE on volume-rendered class probabilities: -sum_c onehot_c log clamp(p_c, 1e-6, 1) (SemCELossMS).
 
     Mean over rays whose label is not `ignore_index`; 0 (still attached to the graph) if there are none.
-    The rendered probabilities sum to the accumulation, so low opacity is penalised too.
+    The rendered probabilities sum to the accumulation, so low opacity is penalised too (official): a ray whose
+    surface lies beyond the box is asked for matter inside it. `given_hit` (not official) scores p / accumulation
+    instead, the class distribution given that the ray hits: the loss then asks nothing of the opacity.
     """
     valid = labels != ignore_index
     safe_labels = torch.where(valid, labels, torch.zeros_like(labels)).long()
+    if given_hit:
+        probabilities = probabilities / probabilities.sum(-1, keepdim=True).clamp_min(1e-6)
     log_p = torch.log(probabilities.clamp(1e-6, 1.0))
     picked = torch.gather(log_p, -1, safe_labels[..., None])[..., 0]
     if not valid.any():

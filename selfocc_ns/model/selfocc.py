@@ -75,6 +75,10 @@ class SelfOccModelConfig(ModelConfig):
     """Loss images read at pixel index u - 0.5 (pixel centres), or official u (W - 1) / W (align_corners=True)."""
     semantic_loss_weight: float = 0.1
     """Cross-entropy of volume-rendered class probabilities vs 2D labels (official 0.1; needs labels)."""
+    semantic_given_hit: bool = False
+    """Not official (False): the semantic CE scores the rendered class probabilities divided by the ray's
+    accumulation, so it asks nothing of the opacity (officially a ray whose surface lies beyond the box, or that
+    the field lets through, costs up to -log 1e-6 and is pushed to stop inside the box)."""
     semantic_label_space: SemanticLabelSpace = "occ3d"
     """2D labels and head channels: 'occ3d' (18: Occ3D ids + sky) or 'openseed' (the official 21 OpenSeeD ids)."""
     sparsity_loss_weight: float = 0.0
@@ -319,7 +323,8 @@ class SelfOccModel(Model):
             labels = self._semantic_loss_labels(labels)
         if cfg.semantic_loss_weight > 0:
             assert labels is not None
-            loss_dict["semantic_loss"] = cfg.semantic_loss_weight * losses.semantic_ce_loss(render.semantics, labels)
+            loss_dict["semantic_loss"] = cfg.semantic_loss_weight * losses.semantic_ce_loss(
+                render.semantics, labels, given_hit=cfg.semantic_given_hit)
         if cfg.ego_ground_loss_weight > 0:
             points, heights = losses.ego_ground_points(frame_ego2ref(batch), cfg.ego_ground_z_m, cfg.ego_ground_heights_m)
             loss_dict["ego_ground_loss"] = cfg.ego_ground_loss_weight * losses.ego_ground_loss(

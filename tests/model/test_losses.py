@@ -199,6 +199,24 @@ def test_semantic_ce_known_value_and_ignore():
     assert lattice_labels(label_map, px).tolist() == [[[[0, 11]]]]
 
 
+def test_semantic_ce_given_hit_scores_the_class_mix_and_asks_nothing_of_the_opacity():
+    mix = torch.tensor([0.7, 0.2, 0.1])
+    labels = torch.zeros(1, 1, 1, 2, dtype=torch.long)
+    opacity = torch.tensor([0.5, 0.05], requires_grad=True)  # one half-opaque ray, one nearly transparent
+    p = (opacity[:, None] * mix).reshape(1, 1, 1, 2, 3)
+    official = semantic_ce_loss(p, labels)
+    assert official.item() == pytest.approx(-(math.log(0.35) + math.log(0.035)) / 2, rel=1e-5)
+    given_hit = semantic_ce_loss(p, labels, given_hit=True)
+    assert given_hit.item() == pytest.approx(-math.log(0.7), rel=1e-5)  # the same for both rays
+    (grad_official,) = torch.autograd.grad(official, opacity, retain_graph=True)
+    (grad_given_hit,) = torch.autograd.grad(given_hit, opacity)
+    assert (grad_official < 0).all()  # officially: more opacity, lower loss
+    assert torch.allclose(grad_given_hit, torch.zeros(2), atol=1e-6)
+    # the class mix still learns: more of the label's share lowers it
+    assert semantic_ce_loss(0.5 * torch.tensor([0.9, 0.05, 0.05]).reshape(1, 1, 1, 1, 3), labels[..., :1],
+                            given_hit=True).item() < given_hit.item()
+
+
 def test_semantic_ray_scores_tell_a_collapsed_head_from_a_right_one():
     labels = torch.tensor([0, 0, 0, 1, 2, 255])  # three rays of class 0, one each of 1 and 2, one unlabelled
     right = torch.nn.functional.one_hot(torch.tensor([0, 0, 0, 1, 2, 1]), 3).float()

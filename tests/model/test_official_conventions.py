@@ -246,6 +246,7 @@ NOT_OFFICIAL_OFF = {
     (None, "flat_normal_loss_weight"): 0.0,
     (None, "flat_ground_loss_weight"): 0.0,
     (None, "ego_ground_loss_weight"): 0.0,
+    (None, "semantic_given_hit"): False,
     ("field", "sdf_prior"): "none",
     ("renderer", "inv_s_floor_end"): 0.0,
 }
