@@ -171,6 +171,18 @@ def test_camera_sdf_metric_reads_the_field_at_the_input_cameras(small_world, tmp
     assert float(trainer.pipeline.model.get_metrics_dict(outputs, batch)["camera_sdf_m"]) == pytest.approx(-0.5, abs=1e-5)
 
 
+@pytest.mark.parametrize("flag, needs", [("sky_free_rgb", "sky_free_loss_weight"),
+                                         ("semantic_given_hit", "semantic_loss_weight")])
+def test_a_flag_that_modifies_a_loss_switched_off_is_refused(flag, needs):
+    from nerfstudio.data.scene_box import SceneBox
+
+    model_cfg = tiny.trainer_config().pipeline.model
+    setattr(model_cfg, flag, True)
+    setattr(model_cfg, needs, 0.0)
+    with pytest.raises(ValueError, match=f"needs {needs} > 0"):
+        model_cfg.setup(scene_box=SceneBox(torch.zeros(2, 3)), num_train_data=1, metadata={})
+
+
 def test_semantic_ray_scores_are_logged_and_leave_out_the_sky_under_the_sky_free_space_loss(small_world, tmp_path):
     from selfocc_ns.data.label_maps import sky_label_id
     from selfocc_ns.model.rays import lattice_labels

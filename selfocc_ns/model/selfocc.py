@@ -169,6 +169,9 @@ class SelfOccModel(Model):
         if self.config.sky_free_rgb and self.config.sky_free_loss_weight <= 0:
             raise ValueError("sky_free_rgb takes the sky rays out of the RGB loss for the sky free-space loss: it "
                              "needs sky_free_loss_weight > 0")
+        if self.config.semantic_given_hit and self.config.semantic_loss_weight <= 0:
+            raise ValueError("semantic_given_hit changes how the semantic CE scores the rays: it needs "
+                             "semantic_loss_weight > 0")
 
     @property
     def semantic_channels(self) -> int:
