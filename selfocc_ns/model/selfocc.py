@@ -237,6 +237,8 @@ class SelfOccModel(Model):
         }
         if render.rgb is not None:
             outputs["rgb"] = render.rgb
+        if batch.semantics is not None:  # read once for the losses and the training metrics
+            outputs["ray_labels"] = lattice_labels(batch.semantics, lattice)
         return outputs
 
     def get_metrics_dict(self, outputs, batch) -> Dict[str, Any]:
@@ -251,10 +253,10 @@ class SelfOccModel(Model):
         if render.rgb is not None:
             mse = F.mse_loss(render.rgb.detach().clamp(0, 1), outputs["target_rgb"])
             metrics["psnr"] = -10.0 * torch.log10(mse.clamp_min(1e-10))
-        if render.semantics is not None and batch.semantics is not None:
+        if render.semantics is not None and "ray_labels" in outputs:
             # a head that renders few classes everywhere shows here long before the occupancy eval
-            labels = self._semantic_loss_labels(lattice_labels(batch.semantics, outputs["lattice_px"]))
-            metrics.update(losses.semantic_ray_scores(render.semantics, labels))
+            metrics.update(losses.semantic_ray_scores(render.semantics,
+                                                      self._semantic_loss_labels(outputs["ray_labels"])))
         return metrics
 
     def _semantic_loss_labels(self, labels: Tensor) -> Tensor:
@@ -288,7 +290,7 @@ class SelfOccModel(Model):
                 raise ValueError("semantic_loss_weight, sky_free_loss_weight, flat_normal_loss_weight or "
                                  "flat_ground_loss_weight > 0 but the batch has no 2D labels "
                                  "(datamanager.use_semantics)")
-            labels = lattice_labels(batch.semantics, outputs["lattice_px"])
+            labels = outputs["ray_labels"]
         ground_rays = None  # rays labelled road / other flat / sidewalk / terrain (flat-normal and flat-ground losses)
         if labels is not None and (cfg.flat_normal_loss_weight > 0 or cfg.flat_ground_loss_weight > 0):
             ground_ids = torch.tensor(flat_label_ids(cfg.semantic_label_space), device=labels.device)
@@ -323,11 +325,10 @@ class SelfOccModel(Model):
             assert labels is not None
             loss_dict["sky_free_loss"] = cfg.sky_free_loss_weight * losses.sky_free_space_loss(
                 render.accumulation, labels, sky)
-            labels = self._semantic_loss_labels(labels)
         if cfg.semantic_loss_weight > 0:
             assert labels is not None
             loss_dict["semantic_loss"] = cfg.semantic_loss_weight * losses.semantic_ce_loss(
-                render.semantics, labels, given_hit=cfg.semantic_given_hit)
+                render.semantics, self._semantic_loss_labels(labels), given_hit=cfg.semantic_given_hit)
         if cfg.ego_ground_loss_weight > 0:
             points, heights = losses.ego_ground_points(frame_ego2ref(batch), cfg.ego_ground_z_m, cfg.ego_ground_heights_m)
             loss_dict["ego_ground_loss"] = cfg.ego_ground_loss_weight * losses.ego_ground_loss(
